@@ -1,0 +1,125 @@
+"""Embedding tables: small ones inside the dense model, large ones sharded by torchrec."""
+
+from __future__ import annotations
+
+import enum
+
+import pydantic
+
+from tml.core.config import BaseConfig, Field
+from tml.optimizers.config import LearningRate
+
+
+class ShardingType(enum.StrEnum):
+    """How torchrec may split a large table across ranks (torchrec's ``ShardingType`` values)."""
+
+    DATA_PARALLEL = "data_parallel"
+    TABLE_WISE = "table_wise"
+    COLUMN_WISE = "column_wise"
+    ROW_WISE = "row_wise"
+    TABLE_ROW_WISE = "table_row_wise"
+    TABLE_COLUMN_WISE = "table_column_wise"
+
+
+class ComputeKernel(enum.StrEnum):
+    """Where and how torchrec computes a table's lookups (torchrec's compute kernel values)."""
+
+    DENSE = "dense"
+    FUSED = "fused"
+    FUSED_UVM = "fused_uvm"
+    FUSED_UVM_CACHING = "fused_uvm_caching"
+
+
+class EmbeddingSnapshot(BaseConfig):
+    """Where to find pretrained weights for a large table."""
+
+    emb_name: str = Field(
+        description="Name of the table inside the snapshot (its key in the checkpoint)."
+    )
+    embedding_snapshot_uri: str = Field(
+        description="Directory of a torch.distributed.checkpoint holding the table's weights."
+    )
+
+
+class EmbeddingBagConfig(BaseConfig):
+    """One large embedding table, fed by the renamed feature of the same name."""
+
+    name: str = Field(
+        description="Table name; also the renamed feature whose ids feed it (e.g. meta__user_id)."
+    )
+    num_embeddings: pydantic.PositiveInt = Field(description="Number of rows.")
+    embedding_dim: pydantic.PositiveInt = Field(description="Width of each row.")
+    pretrained: EmbeddingSnapshot | None = Field(
+        None, description="Initialise the table from a snapshot instead of randomly."
+    )
+    vocab: str | None = Field(
+        None,
+        description="Directory of Parquet files mapping raw ids to rows (columns id, row); "
+        "without it, raw ids are hashed into num_embeddings rows.",
+    )
+    sharding_types: list[ShardingType] | None = Field(
+        None,
+        description="Sharding types the planner may choose from for this table (default: any "
+        "the device supports; on CPU: data_parallel, table_wise, column_wise, "
+        "table_column_wise).",
+    )
+    compute_kernels: list[ComputeKernel] | None = Field(
+        None, description="Compute kernels the planner may choose from (default: any)."
+    )
+
+
+class EmbeddingOptimizerConfig(BaseConfig):
+    """The fused (in-backward) SGD that trains large tables."""
+
+    learning_rate: LearningRate | None = Field(
+        None, description="Schedule for the tables; null keeps init_learning_rate throughout."
+    )
+    init_learning_rate: pydantic.NonNegativeFloat = Field(
+        description="Learning rate the fused optimizer is built with (step 0)."
+    )
+
+
+class LargeEmbeddingsConfig(BaseConfig):
+    """Tables gathered into one torchrec EmbeddingBagCollection and sharded across ranks."""
+
+    tables: list[EmbeddingBagConfig] = Field(min_length=1, description="The tables.")
+    optimizer: EmbeddingOptimizerConfig = Field(description="Optimizer for every table.")
+    tables_to_log: list[str] | None = Field(
+        None, description="Tables whose weight norms are logged with the training metrics."
+    )
+
+    @pydantic.model_validator(mode="after")
+    def _check_names(self) -> LargeEmbeddingsConfig:
+        names = [table.name for table in self.tables]
+        duplicates = sorted({name for name in names if names.count(name) > 1})
+        if duplicates:
+            raise ValueError(f"table names must be unique, repeated: {duplicates}")
+        unknown = [name for name in self.tables_to_log or [] if name not in names]
+        if unknown:
+            raise ValueError(f"tables_to_log names unknown tables {unknown}; tables: {names}")
+        return self
+
+
+class SmallEmbeddingBagConfig(BaseConfig):
+    """A small table inside the dense model, embedding one column of the discrete features."""
+
+    name: str = Field(description="Table name.")
+    num_embeddings: pydantic.PositiveInt = Field(
+        description="Number of rows; values are taken modulo this."
+    )
+    embedding_dim: pydantic.PositiveInt = Field(description="Width of each row.")
+    index: pydantic.NonNegativeInt = Field(description="Column of the discrete features to embed.")
+
+
+class SmallEmbeddingsConfig(BaseConfig):
+    """Small tables trained with the backbone's optimizer."""
+
+    tables: list[SmallEmbeddingBagConfig] = Field(min_length=1, description="The tables.")
+
+
+class StratifierConfig(BaseConfig):
+    """A discrete column emitted with the outputs so metrics can be sliced by its value."""
+
+    name: str = Field(description="Name of the slice in metric names.")
+    index: pydantic.NonNegativeInt = Field(description="Column of the discrete features.")
+    value: int = Field(description="Value of that column selecting the slice.")

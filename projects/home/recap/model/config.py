@@ -1,0 +1,337 @@
+"""The ranker's architecture: featurization, backbone, one tower per task, extras."""
+
+from __future__ import annotations
+
+import enum
+
+import pydantic
+
+from projects.home.recap.embedding.config import (
+    LargeEmbeddingsConfig,
+    SmallEmbeddingsConfig,
+    StratifierConfig,
+)
+from tml.core.config import BaseConfig, ConfigValueError, Field
+
+
+class DropoutConfig(BaseConfig):
+    """Dropout after each hidden activation."""
+
+    rate: float = Field(0.1, gt=0.0, lt=1.0, description="Fraction of activations dropped.")
+
+
+class LayerNormConfig(BaseConfig):
+    """Layer normalisation over the last axis."""
+
+    epsilon: pydantic.NonNegativeFloat = Field(
+        1e-3, description="Added to the variance to avoid dividing by zero."
+    )
+    axis: int = Field(-1, description="Axis to normalise; only -1 (features) is supported.")
+    center: bool = Field(True, description="Learn a bias; must equal scale.")
+    scale: bool = Field(True, description="Learn a gain; must equal center.")
+
+    @pydantic.model_validator(mode="after")
+    def _check_supported(self) -> LayerNormConfig:
+        if self.axis != -1:
+            raise ValueError(f"axis must be -1 (normalise the feature axis), got {self.axis}")
+        if self.center != self.scale:
+            raise ValueError(
+                f"center and scale must be equal (both learned or neither), got "
+                f"center={self.center}, scale={self.scale}"
+            )
+        return self
+
+
+class BatchNormConfig(BaseConfig):
+    """Batch normalisation (statistics are per rank; see the README)."""
+
+    affine: bool = Field(True, description="Learn a gain and a bias.")
+    momentum: float = Field(
+        0.1, gt=0.0, le=1.0, description="Weight of the newest batch in the running statistics."
+    )
+    epsilon: pydantic.PositiveFloat = Field(
+        1e-5, description="Added to the variance to avoid dividing by zero."
+    )
+
+
+class MlpConfig(BaseConfig):
+    """Linear -> [BatchNorm] -> ReLU -> [Dropout] per hidden layer, then a last Linear."""
+
+    layer_sizes: list[pydantic.PositiveInt] = Field(
+        min_length=1, description="Width of every Linear layer; the last one is the output."
+    )
+    batch_norm: BatchNormConfig | None = Field(
+        None, description="Batch norm after each hidden Linear."
+    )
+    dropout: DropoutConfig | None = Field(None, description="Dropout after each hidden ReLU.")
+    final_layer_activation: bool = Field(False, description="Apply ReLU after the last Linear too.")
+
+
+class DcnConfig(BaseConfig):
+    """Deep & Cross Network: ``poly_degree`` cross layers, optionally with an MLP."""
+
+    poly_degree: pydantic.PositiveInt = Field(description="Number of cross layers.")
+    projection_dim: pydantic.PositiveInt | None = Field(
+        None, description="Low-rank factorisation of each cross layer's matrix (U V^T)."
+    )
+    parallel_mlp: MlpConfig | None = Field(
+        None, description="An MLP beside (or after) the cross network; null: cross layers only."
+    )
+    use_parallel: bool = Field(
+        True,
+        description="true: the MLP sees the input and its output is concatenated with the cross "
+        "network's; false: the MLP is stacked on the cross network.",
+    )
+    output_mlp: MlpConfig | None = Field(None, description="An MLP on top of everything.")
+
+
+class MaskBlockConfig(BaseConfig):
+    """One MaskBlock of MaskNet (Wang et al. 2021)."""
+
+    output_size: pydantic.PositiveInt = Field(description="Width of the block's output.")
+    reduction_factor: pydantic.PositiveFloat | None = Field(
+        None,
+        description="Mask hidden width = int(mask input width * reduction_factor).",
+        one_of="aggregation",
+    )
+    aggregation_size: pydantic.PositiveInt | None = Field(
+        None, description="Mask hidden width, given directly.", one_of="aggregation"
+    )
+    input_layer_norm: bool = Field(False, description="LayerNorm the block's input first.")
+
+
+class MaskNetConfig(BaseConfig):
+    """MaskNet: mask blocks in parallel (concatenated) or in series, optionally an MLP on top."""
+
+    mask_blocks: list[MaskBlockConfig] = Field(min_length=1, description="The blocks, in order.")
+    mlp: MlpConfig | None = Field(None, description="MLP applied to the blocks' output.")
+    use_parallel: bool = Field(
+        False, description="true: every block sees the input; false: blocks are chained."
+    )
+
+
+class DlrmConfig(BaseConfig):
+    """DLRM: bottom MLP over dense features, pairwise dot interaction, top MLP."""
+
+    bottom_mlp: MlpConfig = Field(
+        description="MLP over the dense input; its output width must equal the embedding width."
+    )
+    top_mlp: MlpConfig = Field(description="MLP over the interaction output.")
+
+
+class AffineMap(BaseConfig):
+    """``logit * scale + bias``, widening the range of representable probabilities."""
+
+    scale: float = Field(1.0, description="Multiplies the logit.")
+    bias: float = Field(0.0, description="Added to the scaled logit.")
+
+
+class TaskModel(BaseConfig):
+    """An architecture usable as a task tower or as the shared backbone."""
+
+    mlp_config: MlpConfig | None = Field(None, description="An MLP.", one_of="architecture")
+    dcn_config: DcnConfig | None = Field(
+        None, description="A Deep & Cross Network.", one_of="architecture"
+    )
+    dlrm_config: DlrmConfig | None = Field(None, description="A DLRM.", one_of="architecture")
+    mask_net_config: MaskNetConfig | None = Field(
+        None, description="A MaskNet.", one_of="architecture"
+    )
+    affine_map: AffineMap | None = Field(
+        None, description="Affine map of the tower's logit (towers only)."
+    )
+    pos_weight: pydantic.PositiveFloat = Field(
+        1.0, description="Weight of positive examples in this task's loss (towers only)."
+    )
+
+
+class Log1pAbsConfig(BaseConfig):
+    """``sign(x) * log1p(|x|)`` of the continuous features."""
+
+
+class ClipLog1pAbsConfig(BaseConfig):
+    """``sign(x) * log1p(|x|)``, clamped to +-clip_magnitude."""
+
+    clip_magnitude: pydantic.NonNegativeFloat = Field(
+        3e38, description="Bound on the transformed values."
+    )
+
+
+class ZScoreLogConfig(BaseConfig):
+    """``(log1p-transform(x) - mean) / std`` with statistics from a feature analysis file."""
+
+    analysis_path: str = Field(
+        description="JSON file of per-column statistics of the log1p-transformed continuous "
+        "features (format in the README)."
+    )
+    schema_path: str | None = Field(
+        None,
+        description="Schema the statistics were computed with, if different from the data's; "
+        "columns are then matched by feature name.",
+    )
+    clip_magnitude: pydantic.NonNegativeFloat = Field(
+        5.0, description="Bound on the normalised values."
+    )
+    use_batch_norm: bool = Field(False, description="BatchNorm1d after normalisation.")
+    use_renorm: bool = Field(
+        False, description="Batch renormalisation; not supported by torch, must be false."
+    )
+    use_bq_stats: bool = Field(
+        False,
+        description="Read BigQuery-partitioned statistics; not supported, must be false.",
+    )
+
+    @pydantic.model_validator(mode="after")
+    def _check_supported(self) -> ZScoreLogConfig:
+        if self.use_renorm:
+            raise ValueError("use_renorm is not supported (torch has no batch renormalisation)")
+        if self.use_bq_stats:
+            raise ValueError(
+                "use_bq_stats is not supported; export the statistics to analysis_path"
+            )
+        return self
+
+
+class DoubleNormLogConfig(BaseConfig):
+    """log1p transform, optional batch norm, clipping, then optional layer norm."""
+
+    batch_norm_config: BatchNormConfig | None = Field(
+        None, description="Batch norm of the log-transformed continuous features."
+    )
+    clip_magnitude: pydantic.NonNegativeFloat = Field(
+        5.0, description="Bound on the normalised continuous values."
+    )
+    layer_norm_config: LayerNormConfig | None = Field(
+        None, description="Layer norm over continuous ++ concatenated features."
+    )
+
+
+class FeaturizationConfig(BaseConfig):
+    """How continuous features become model input; exactly one transform."""
+
+    log1p_abs_config: Log1pAbsConfig | None = Field(
+        None, description="log1p transform only.", one_of="featurization"
+    )
+    clip_log1p_abs_config: ClipLog1pAbsConfig | None = Field(
+        None, description="log1p transform, clipped.", one_of="featurization"
+    )
+    z_score_log_config: ZScoreLogConfig | None = Field(
+        None, description="log1p transform, z-scored from statistics.", one_of="featurization"
+    )
+    double_norm_log_config: DoubleNormLogConfig | None = Field(
+        None, description="log1p, batch norm, clip, layer norm.", one_of="featurization"
+    )
+    feature_names_to_concat: list[str] = Field(
+        ["binary"],
+        description="Features concatenated raw after the transformed continuous features "
+        "(binary, discrete).",
+    )
+
+    @pydantic.field_validator("feature_names_to_concat")
+    @classmethod
+    def _check_names(cls, names: list[str]) -> list[str]:
+        unknown = [name for name in names if name not in CONCATENABLE_FEATURES]
+        if unknown:
+            raise ValueError(
+                f"cannot concatenate {unknown}; choose from {sorted(CONCATENABLE_FEATURES)}"
+            )
+        return names
+
+
+CONCATENABLE_FEATURES = frozenset({"binary", "discrete"})
+
+
+class PositionDebiasConfig(BaseConfig):
+    """A learned embedding of the served position, dropped at random while training."""
+
+    max_position: pydantic.PositiveInt = Field(
+        256, description="Positions at or past this share the last bucket."
+    )
+    num_dims: pydantic.PositiveInt = Field(64, description="Width of the position embedding.")
+    drop_probability: float = Field(
+        0.5, ge=0.0, le=1.0, description="Chance that a training example sees the null position."
+    )
+    position_feature_index: pydantic.NonNegativeInt = Field(
+        description="Column of the discrete features holding the position."
+    )
+
+
+class MultiTaskType(enum.StrEnum):
+    """How towers share computation."""
+
+    SHARE_NONE = "share_none"  # each tower sees the input; no backbone
+    SHARE_ALL = "share_all"  # towers see the backbone's output
+    SHARE_PARTIAL = "share_partial"  # towers see input ++ backbone output
+
+
+class ModelConfig(BaseConfig):
+    """The multi-task ranking model."""
+
+    tasks: dict[str, TaskModel] = Field(
+        min_length=1,
+        description="One tower per task, in output order; each name must be a data task.",
+    )
+    large_embeddings: LargeEmbeddingsConfig | None = Field(
+        None, description="Sharded torchrec embedding tables over sparse ids."
+    )
+    small_embeddings: SmallEmbeddingsConfig | None = Field(
+        None, description="Small tables over columns of the discrete features."
+    )
+    position_debias_config: PositionDebiasConfig | None = Field(
+        None, description="Position debias embedding."
+    )
+    featurization_config: FeaturizationConfig | None = Field(
+        None,
+        description="Continuous-feature transform; null feeds the (cleaned) raw values and the "
+        "binary features.",
+    )
+    multi_task_type: MultiTaskType = Field(
+        MultiTaskType.SHARE_NONE, description="How towers share computation."
+    )
+    backbone: TaskModel | None = Field(
+        None, description="Shared network for share_all and share_partial."
+    )
+    stratifiers: list[StratifierConfig] | None = Field(
+        None, description="Discrete columns and values to slice metrics by."
+    )
+
+    @pydantic.model_validator(mode="after")
+    def _check_backbone(self) -> ModelConfig:
+        needs_backbone = self.multi_task_type != MultiTaskType.SHARE_NONE
+        if needs_backbone and self.backbone is None:
+            raise ConfigValueError(
+                f"multi_task_type {self.multi_task_type.value} requires a backbone", ("backbone",)
+            )
+        if not needs_backbone and self.backbone is not None:
+            raise ConfigValueError(
+                "multi_task_type share_none forbids a backbone (use share_all or share_partial)",
+                ("backbone",),
+            )
+        if self.backbone is not None and (
+            self.backbone.affine_map is not None or self.backbone.pos_weight != 1.0
+        ):
+            raise ConfigValueError(
+                "affine_map and pos_weight apply to towers, not to the backbone", ("backbone",)
+            )
+        return self
+
+    @pydantic.model_validator(mode="after")
+    def _check_task_names(self) -> ModelConfig:
+        # Tower modules are keyed by the task name with "." replaced by "__".
+        seen: dict[str, str] = {}
+        for task in self.tasks:
+            key = module_key(task)
+            if not task or key in seen:
+                raise ConfigValueError(
+                    f"task name clashes with '{seen.get(key)}' once dots become '__'"
+                    if task
+                    else "task names must not be empty",
+                    ("tasks", task),
+                )
+            seen[key] = task
+        return self
+
+
+def module_key(task: str) -> str:
+    """The module name of a task's tower: its name with "." replaced by "__"."""
+    return task.replace(".", "__")
