@@ -11,6 +11,24 @@ from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 from torchrec.streamable import Pipelineable
 
 
+@dataclasses.dataclass(frozen=True)
+class FeatureWidths:
+    """Widths of the model's inputs after preprocessing, which the model is built for.
+
+    Attributes:
+        continuous: Columns of ``continuous_features``.
+        binary: Columns of ``binary_features``.
+        discrete: Columns of ``discrete_features``.
+        embeddings: Width of each TwHIN embedding present, by renamed name (user_embedding,
+            user_eng_embedding, author_embedding).
+    """
+
+    continuous: int
+    binary: int
+    discrete: int
+    embeddings: dict[str, int]
+
+
 @dataclasses.dataclass
 class RecapBatch(Pipelineable):
     """One batch of examples, per rank.
