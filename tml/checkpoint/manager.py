@@ -1,0 +1,250 @@
+"""Checkpoints on torch.distributed.checkpoint: save, load, prune, resume, warm start.
+
+Layout under a job's save_dir::
+
+    checkpoints/
+      step_1000/              one folder per optimizer step (the step, not step * world size)
+        .metadata, __0_0.distcp, ...   torch.distributed.checkpoint files (sharded tables too)
+        rank_0.json, rank_1.json       per-rank state that differs across ranks (data position)
+        COMPLETE                       written last; a folder without it never counts
+
+Saving is asynchronous: the state is staged to host memory, training continues, and a background
+thread writes the files. Only when every rank's write has finished does rank 0 write
+``COMPLETE``, so a job killed mid-write leaves a folder that resume ignores (and the next save
+removes).
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import logging
+import os
+import re
+import shutil
+import time
+from collections.abc import Mapping
+from concurrent.futures import Future
+from pathlib import Path
+from typing import Any
+
+import torch.distributed as dist
+import torch.distributed.checkpoint as dcp
+
+logger = logging.getLogger(__name__)
+
+COMPLETE_MARKER = "COMPLETE"
+_STEP_FOLDER = re.compile(r"^step_(\d+)$")
+
+
+def checkpoint_folder(directory: str | os.PathLike, step: int) -> Path:
+    """The folder of the checkpoint written at ``step`` under ``directory``."""
+    return Path(directory) / f"step_{step}"
+
+
+def is_complete(folder: str | os.PathLike) -> bool:
+    """Whether a checkpoint folder was fully written by every rank."""
+    return (Path(folder) / COMPLETE_MARKER).is_file()
+
+
+def complete_steps(directory: str | os.PathLike) -> list[int]:
+    """Steps of the fully written checkpoints under ``directory``, oldest first."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        return []
+    steps = []
+    for child in directory.iterdir():
+        match = _STEP_FOLDER.match(child.name)
+        if match and is_complete(child):
+            steps.append(int(match.group(1)))
+    return sorted(steps)
+
+
+def resolve_checkpoint(path: str | os.PathLike) -> Path:
+    """A complete checkpoint folder from either that folder or a directory of checkpoints.
+
+    Raises:
+        FileNotFoundError: naming ``path`` when it holds no complete checkpoint.
+    """
+    path = Path(path)
+    if is_complete(path):
+        return path
+    for candidate in (path, path / "checkpoints"):
+        steps = complete_steps(candidate)
+        if steps:
+            return checkpoint_folder(candidate, steps[-1])
+    raise FileNotFoundError(f"no complete checkpoint in {path}")
+
+
+class CheckpointManager:
+    """Writes and reads the job's checkpoints; every method is called on every rank.
+
+    Args:
+        directory: Where the step folders go (``<save_dir>/checkpoints``).
+        max_to_keep: Keep only the newest N complete checkpoints (None: all).
+        rank: This process's rank; rank 0 writes markers and prunes.
+        async_save: Write in a background thread while training goes on.
+    """
+
+    def __init__(
+        self,
+        directory: str | os.PathLike,
+        *,
+        max_to_keep: int | None = None,
+        rank: int = 0,
+        async_save: bool = True,
+    ) -> None:
+        self.directory = Path(directory)
+        self._max_to_keep = max_to_keep
+        self._rank = rank
+        self._async_save = async_save
+        self._pending: tuple[int, Future] | None = None
+        # Background writes run collectives; a group of their own keeps them from interleaving
+        # with the training loop's collectives on the default group.
+        self._group = dist.new_group(backend="gloo", timeout=datetime.timedelta(hours=1))
+        if rank == 0:
+            self.directory.mkdir(parents=True, exist_ok=True)
+            self._remove_incomplete()
+        dist.barrier()
+
+    def latest_step(self) -> int | None:
+        """The newest complete checkpoint's step, or None."""
+        steps = complete_steps(self.directory)
+        return steps[-1] if steps else None
+
+    def save(
+        self, step: int, state: Mapping[str, Any], rank_state: Mapping[str, Any] | None = None
+    ) -> None:
+        """Starts writing ``state`` (shared across ranks) and ``rank_state`` (this rank's).
+
+        Returns once the state is staged; call :meth:`poll` or :meth:`wait` to finish.
+
+        Args:
+            step: The optimizer step the state belongs to.
+            state: Model, optimizer, scheduler, progress: anything torch.distributed.checkpoint
+                accepts (tensors, sharded tensors, plain values).
+            rank_state: JSON-serialisable state that differs per rank (e.g. data position).
+        """
+        self.wait()
+        folder = checkpoint_folder(self.directory, step)
+        if self._rank == 0 and folder.exists():
+            shutil.rmtree(folder)
+        dist.barrier()
+        folder.mkdir(parents=True, exist_ok=True)
+        if rank_state is not None:
+            _write_json(folder / f"rank_{self._rank}.json", dict(rank_state))
+        if self._async_save:
+            future = dcp.async_save(
+                _without_empty_containers(state), checkpoint_id=folder, process_group=self._group
+            )
+            # Newer torch returns a response holding separate staging and upload futures.
+            future = getattr(future, "upload_completion", future)
+            self._pending = (step, future)
+        else:
+            dcp.save(
+                _without_empty_containers(state), checkpoint_id=folder, process_group=self._group
+            )
+            self._finish(step)
+
+    def poll(self) -> None:
+        """Completes a background write that has finished; cheap to call every step."""
+        if self._pending is not None and self._pending[1].done():
+            self.wait()
+
+    def wait(self) -> None:
+        """Blocks until a background write has finished and is marked complete."""
+        if self._pending is None:
+            return
+        step, future = self._pending
+        self._pending = None
+        future.result()
+        self._finish(step)
+
+    def load(self, state: dict[str, Any], step: int | None = None) -> dict[str, Any] | None:
+        """Loads a checkpoint into ``state`` in place and returns this rank's ``rank_state``.
+
+        Args:
+            state: Same structure as saved, holding the tensors to fill (a subset of the saved
+                keys is fine, e.g. only the model for a warm start).
+            step: Which checkpoint; default the newest complete one.
+
+        Returns:
+            The rank state saved by this rank, or None when there is none.
+        """
+        step = self.latest_step() if step is None else step
+        if step is None:
+            raise FileNotFoundError(f"no complete checkpoint in {self.directory}")
+        return load_checkpoint(checkpoint_folder(self.directory, step), state, self._rank)
+
+    def close(self) -> None:
+        """Finishes any background write."""
+        self.wait()
+
+    def _finish(self, step: int) -> None:
+        # Rank 0's write finishing means the coordinator gathered every rank's results and wrote
+        # the metadata, i.e. every rank's files are on disk.
+        if self._rank != 0:
+            return
+        folder = checkpoint_folder(self.directory, step)
+        _write_json(folder / COMPLETE_MARKER, {"step": step, "time": time.time()})
+        logger.info("checkpoint written: %s", folder)
+        self._prune()
+
+    def _prune(self) -> None:
+        if self._max_to_keep is None:
+            return
+        for step in complete_steps(self.directory)[: -self._max_to_keep]:
+            shutil.rmtree(checkpoint_folder(self.directory, step), ignore_errors=True)
+            logger.info("removed old checkpoint step_%d", step)
+
+    def _remove_incomplete(self) -> None:
+        for child in self.directory.iterdir():
+            if _STEP_FOLDER.match(child.name) and not is_complete(child):
+                logger.warning("removing incompletely written checkpoint %s", child)
+                shutil.rmtree(child, ignore_errors=True)
+
+
+def load_checkpoint(
+    folder: str | os.PathLike, state: dict[str, Any], rank: int = 0
+) -> dict[str, Any] | None:
+    """Loads a complete checkpoint folder into ``state`` in place; returns the rank's state."""
+    folder = Path(folder)
+    if not is_complete(folder):
+        raise FileNotFoundError(f"{folder} is not a complete checkpoint")
+    loadable = _without_empty_containers(state)
+    dcp.load(loadable, checkpoint_id=folder)
+    _copy_leaves(loadable, state)
+    rank_file = folder / f"rank_{rank}.json"
+    return json.loads(rank_file.read_text()) if rank_file.is_file() else None
+
+
+def _without_empty_containers(state: Mapping[str, Any]) -> dict[str, Any]:
+    """A view of ``state`` without empty dicts, sharing its leaves.
+
+    torch.distributed.checkpoint drops empty containers on save but expects them on load, and
+    torchrec's fused optimizers report an empty state per table (plain SGD keeps none).
+    """
+    view: dict[str, Any] = {}
+    for key, value in state.items():
+        if isinstance(value, Mapping):
+            value = _without_empty_containers(value)
+            if not value:
+                continue
+        view[key] = value
+    return view
+
+
+def _copy_leaves(source: Mapping[str, Any], target: dict[str, Any]) -> None:
+    # Tensors were filled in place; plain values were replaced in the view and are copied back.
+    for key, value in source.items():
+        if isinstance(value, Mapping):
+            _copy_leaves(value, target[key])
+        else:
+            target[key] = value
+
+
+def _write_json(path: Path, value: dict[str, Any]) -> None:
+    # Write-then-rename so a reader never sees half a file.
+    temporary = path.with_name(path.name + ".tmp")
+    temporary.write_text(json.dumps(value))
+    temporary.replace(path)

@@ -1,0 +1,124 @@
+"""Distributed set-up: read torchrun's environment, pick device and backend, join the group.
+
+One process per device. On GPU machines each local rank drives ``cuda:<local_rank>`` and the
+group speaks NCCL for CUDA tensors and Gloo for CPU tensors (checkpoint coordination and object
+collectives stay on the host). On CPU the group is Gloo. Without torchrun the job runs as a
+single process that still has a (one-member) process group, so torchrec's sharding and
+torch.distributed.checkpoint work unchanged.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import datetime
+import logging
+import os
+from collections.abc import Iterator
+
+import torch
+import torch.distributed as dist
+
+logger = logging.getLogger(__name__)
+
+_TORCHRUN_VARIABLES = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE")
+
+
+@dataclasses.dataclass(frozen=True)
+class DistributedEnvironment:
+    """Where this process sits in the job and what it computes on."""
+
+    rank: int
+    world_size: int
+    local_rank: int
+    local_world_size: int
+    device: torch.device
+    backend: str
+
+    @property
+    def is_main(self) -> bool:
+        """Whether this is rank 0, which logs, writes shared files and prints the plan."""
+        return self.rank == 0
+
+    @property
+    def num_nodes(self) -> int:
+        return max(1, self.world_size // self.local_world_size)
+
+
+def init_distributed(
+    device_type: str | None = None, timeout: datetime.timedelta = datetime.timedelta(minutes=30)
+) -> DistributedEnvironment:
+    """Joins (or creates) the process group described by torchrun's environment variables.
+
+    Args:
+        device_type: "cuda" or "cpu"; by default CUDA when a device is visible.
+        timeout: How long collectives wait for a straggler before failing.
+    """
+    if dist.is_initialized():
+        raise RuntimeError("the process group is already initialised")
+    launched = all(name in os.environ for name in _TORCHRUN_VARIABLES)
+    rank = int(os.environ.get("RANK", 0))
+    world_size = int(os.environ.get("WORLD_SIZE", 1))
+    local_rank = int(os.environ.get("LOCAL_RANK", 0))
+    local_world_size = int(os.environ.get("LOCAL_WORLD_SIZE", 1))
+
+    device_type = device_type or ("cuda" if torch.cuda.is_available() else "cpu")
+    if device_type == "cuda":
+        if local_rank >= torch.cuda.device_count():
+            raise RuntimeError(
+                f"local rank {local_rank} has no GPU: {torch.cuda.device_count()} visible; "
+                "launch at most one process per GPU (torchrun --nproc_per_node)"
+            )
+        device = torch.device("cuda", local_rank)
+        torch.cuda.set_device(device)
+        backend = "cpu:gloo,cuda:nccl"
+    else:
+        device = torch.device("cpu")
+        backend = "gloo"
+
+    if launched:
+        dist.init_process_group(backend=backend, timeout=timeout, device_id=_device_id(device))
+    else:
+        # A single process still gets a group, so sharding and checkpointing need no special case.
+        dist.init_process_group(
+            backend=backend, store=dist.HashStore(), rank=0, world_size=1, timeout=timeout
+        )
+    environment = DistributedEnvironment(
+        rank=rank,
+        world_size=world_size,
+        local_rank=local_rank,
+        local_world_size=local_world_size,
+        device=device,
+        backend=backend,
+    )
+    logger.info(
+        "rank %d of %d (local %d of %d) on %s, backend %s",
+        rank,
+        world_size,
+        local_rank,
+        local_world_size,
+        device,
+        backend,
+    )
+    return environment
+
+
+def shutdown_distributed() -> None:
+    """Leaves the process group, if one was joined."""
+    if dist.is_initialized():
+        dist.destroy_process_group()
+
+
+@contextlib.contextmanager
+def distributed_environment(device_type: str | None = None) -> Iterator[DistributedEnvironment]:
+    """``init_distributed`` for the duration of a ``with`` block."""
+    environment = init_distributed(device_type)
+    try:
+        yield environment
+    finally:
+        shutdown_distributed()
+
+
+def _device_id(device: torch.device) -> torch.device | None:
+    # Binding NCCL to its device up front avoids a lazy, per-collective device guess.
+    return device if device.type == "cuda" else None

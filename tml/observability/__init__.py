@@ -1,0 +1,1 @@
+"""Standard-library logging set-up and the metric loggers (console, TensorBoard, JSONL)."""

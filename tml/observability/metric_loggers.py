@@ -1,0 +1,141 @@
+"""Metric loggers behind one small interface: console, TensorBoard event files, JSONL.
+
+Only rank 0 writes; other ranks get an empty fan-out so callers need no rank checks.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import time
+from collections.abc import Callable, Iterable, Mapping
+from pathlib import Path
+from typing import Protocol
+
+logger = logging.getLogger(__name__)
+
+
+class MetricLogger(Protocol):
+    """Receives named scalar metrics at a step."""
+
+    def log(self, step: int, metrics: Mapping[str, float]) -> None: ...
+
+    def close(self) -> None: ...
+
+
+class ConsoleLogger:
+    """One log line per call: ``step 100 | loss 0.3412 | lr/backbone 0.0001 | ...``."""
+
+    def __init__(self, prefix: str = "") -> None:
+        self._prefix = prefix
+
+    def log(self, step: int, metrics: Mapping[str, float]) -> None:
+        fields = " | ".join(f"{name} {_format(value)}" for name, value in metrics.items())
+        logger.info("%sstep %d | %s", self._prefix, step, fields)
+
+    def close(self) -> None:
+        pass
+
+
+class JsonlLogger:
+    """Appends ``{"step": ..., "time": ..., "<name>": value, ...}`` lines to a file.
+
+    Appending keeps the history of a resumed job; a step logged before a restart may appear twice.
+    """
+
+    def __init__(self, path: str | os.PathLike) -> None:
+        self._path = Path(path)
+        self._path.parent.mkdir(parents=True, exist_ok=True)
+        self._file = self._path.open("a")
+
+    def log(self, step: int, metrics: Mapping[str, float]) -> None:
+        record = {
+            "step": step,
+            "time": time.time(),
+            **{k: _jsonable(v) for k, v in metrics.items()},
+        }
+        self._file.write(json.dumps(record) + "\n")
+        self._file.flush()
+
+    def close(self) -> None:
+        self._file.close()
+
+
+class TensorBoardLogger:
+    """TensorBoard event files, one scalar curve per metric name."""
+
+    def __init__(self, log_dir: str | os.PathLike) -> None:
+        # Imported here: TensorBoard costs a second to import and only rank 0 needs it.
+        from torch.utils.tensorboard import SummaryWriter
+
+        self._writer = SummaryWriter(log_dir=str(log_dir))
+
+    def log(self, step: int, metrics: Mapping[str, float]) -> None:
+        for name, value in metrics.items():
+            self._writer.add_scalar(name, value, global_step=step)
+        self._writer.flush()
+
+    def close(self) -> None:
+        self._writer.close()
+
+
+class MetricLoggers:
+    """Fans each call out to several loggers."""
+
+    def __init__(self, loggers: Iterable[MetricLogger]) -> None:
+        self._loggers = list(loggers)
+
+    def log(self, step: int, metrics: Mapping[str, float]) -> None:
+        for metric_logger in self._loggers:
+            metric_logger.log(step, metrics)
+
+    def close(self) -> None:
+        for metric_logger in self._loggers:
+            metric_logger.close()
+
+
+_BACKENDS: dict[str, Callable[[Path, str], MetricLogger]] = {
+    "console": lambda directory, name: ConsoleLogger(prefix=f"[{name}] " if name else ""),
+    "jsonl": lambda directory, name: JsonlLogger(directory / f"{name or 'metrics'}.jsonl"),
+    "tensorboard": lambda directory, name: TensorBoardLogger(directory / "tensorboard" / name),
+}
+
+
+def build_metric_loggers(
+    directory: str | os.PathLike,
+    *,
+    name: str = "",
+    is_main: bool = True,
+    backends: Iterable[str] = ("console", "jsonl", "tensorboard"),
+) -> MetricLoggers:
+    """Loggers writing under ``directory``; ``name`` separates streams (e.g. "train", "eval").
+
+    Args:
+        directory: Usually the job's save_dir.
+        name: Stream name, used in file names and the console prefix.
+        is_main: Only the main rank writes; other ranks get no loggers.
+        backends: Any of "console", "jsonl", "tensorboard".
+    """
+    if not is_main:
+        return MetricLoggers([])
+    unknown = sorted(set(backends) - set(_BACKENDS))
+    if unknown:
+        raise ValueError(
+            f"unknown metric logger backends {unknown}; choose from {sorted(_BACKENDS)}"
+        )
+    return MetricLoggers(_BACKENDS[backend](Path(directory), name) for backend in backends)
+
+
+def _format(value: float) -> str:
+    if isinstance(value, int) or (
+        isinstance(value, float) and value.is_integer() and abs(value) < 1e9
+    ):
+        return str(int(value))
+    return f"{value:.4g}"
+
+
+def _jsonable(value: float) -> float | str:
+    # JSON has no NaN or infinity; keep them readable instead of writing invalid JSON.
+    return value if math.isfinite(value) else str(value)

@@ -1,0 +1,304 @@
+"""The training loop: pipeline steps, gradient accumulation, logging, checkpoints, evaluation.
+
+The model is a (sharded) module whose forward returns ``(loss, outputs)`` with ``outputs["loss"]``
+and optionally ``outputs["task_losses"]`` detached, as torchrec's train pipelines expect. One
+optimizer step consumes ``gradient_accumulation`` micro-batches whose gradients are summed (each
+micro-batch's loss is divided by their number, so N micro-batches of B examples step exactly as
+one batch of N*B would).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import logging
+import sys
+import time
+from collections.abc import Callable, Iterator, Mapping
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from torchrec.distributed.train_pipeline import TrainPipelineSparseDist
+from torchrec.distributed.train_pipeline.gradient_accumulation import (
+    GradientAccumulationConfig,
+    GradientAccumulationWrapper,
+)
+from tqdm import tqdm
+from tqdm.contrib.logging import logging_redirect_tqdm
+
+from tml.checkpoint import CheckpointManager, load_checkpoint, resolve_checkpoint
+from tml.distributed import DistributedEnvironment
+from tml.observability.metric_loggers import MetricLoggers
+from tml.optimizers.scheduler import LearningRateScheduler
+from tml.training.data_position import PositionTrackingIterator, StatefulBatches
+
+logger = logging.getLogger(__name__)
+
+Evaluate = Callable[[torch.nn.Module, int], None]
+
+
+@dataclasses.dataclass(frozen=True)
+class LoopSettings:
+    """How long to train and how often to log, checkpoint and evaluate."""
+
+    num_train_steps: int
+    log_every_n: int
+    checkpoint_every_n: int
+    eval_every_n: int | None = None
+    gradient_accumulation: int = 1
+    per_rank_batch_size: int = 1
+    autocast_dtype: torch.dtype | None = None
+    task_names: tuple[str, ...] = ()
+
+
+class Trainer:
+    """Trains a model for exactly ``num_train_steps`` optimizer steps, resumably.
+
+    Args:
+        model: The (sharded) model with its loss.
+        optimizer: Optimizer over every trainable parameter (fused ones included).
+        scheduler: Sets each group's learning rate before each step.
+        batches: The training data, repeating, with a resumable position.
+        environment: This process's place in the job.
+        checkpoints: Where checkpoints go and come from.
+        loggers: Receive the training metrics on the main rank.
+        settings: Length and cadence.
+        evaluate: Called with the model and the step every ``eval_every_n`` steps and at the end.
+    """
+
+    def __init__(
+        self,
+        *,
+        model: torch.nn.Module,
+        optimizer: torch.optim.Optimizer,
+        scheduler: LearningRateScheduler,
+        batches: StatefulBatches,
+        environment: DistributedEnvironment,
+        checkpoints: CheckpointManager,
+        loggers: MetricLoggers,
+        settings: LoopSettings,
+        evaluate: Evaluate | None = None,
+    ) -> None:
+        self.model = model
+        self.optimizer = optimizer
+        self.scheduler = scheduler
+        self.batches = batches
+        self.environment = environment
+        self.checkpoints = checkpoints
+        self.loggers = loggers
+        self.settings = settings
+        self.evaluate = evaluate
+        self.step = 0
+        self.wall_time = 0.0
+        self._interval = _IntervalStats(environment.device, len(settings.task_names))
+
+    # State -----------------------------------------------------------------------------------
+
+    def state_dict(self) -> dict[str, Any]:
+        """What a checkpoint holds besides the per-rank data position."""
+        return {
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "progress": {"step": self.step, "wall_time": self.wall_time},
+        }
+
+    def resume(self) -> bool:
+        """Continues from the newest complete checkpoint of this job, if any."""
+        step = self.checkpoints.latest_step()
+        if step is None:
+            return False
+        state = self.state_dict()
+        rank_state = self.checkpoints.load(state, step)
+        self._load_state(state)
+        self._restore_data_position(rank_state)
+        logger.info("resumed from step %d", self.step)
+        return True
+
+    def warm_start(self, path: str) -> None:
+        """Loads only the model's weights from another job's checkpoint; the step stays 0."""
+        folder = resolve_checkpoint(path)
+        state = {"model": self.model.state_dict()}
+        load_checkpoint(folder, state, self.environment.rank)
+        self.model.load_state_dict(state["model"])
+        logger.info("warm-started the weights from %s", folder)
+
+    # Loop ------------------------------------------------------------------------------------
+
+    def train(self) -> None:
+        """Runs optimizer steps until ``num_train_steps``; checkpoints at the end."""
+        settings = self.settings
+        if self.step >= settings.num_train_steps:
+            logger.info(
+                "already at step %d of %d: nothing to train", self.step, settings.num_train_steps
+            )
+            return
+        iterator = PositionTrackingIterator(self.batches)
+        pipeline = self._build_pipeline()
+        self.model.train()
+        with self._progress_bar() as bar:
+            while self.step < settings.num_train_steps:
+                started = time.perf_counter()
+                rates = self.scheduler.apply(self.step)
+                for _ in range(settings.gradient_accumulation):
+                    outputs = pipeline.progress(iterator)
+                    self._interval.add(outputs)
+                self.step += 1
+                elapsed = time.perf_counter() - started
+                self.wall_time += elapsed
+                self._interval.elapsed += elapsed
+                bar.update(1)
+                self.checkpoints.poll()
+                self._after_step(rates, iterator, pipeline)
+        if self.step % settings.checkpoint_every_n != 0:
+            self._save_checkpoint(iterator)
+        if self.evaluate is not None and not self._evaluated_at(self.step):
+            self._run_evaluation(pipeline)
+        self.checkpoints.close()
+
+    def _after_step(
+        self,
+        rates: Mapping[str, float],
+        iterator: PositionTrackingIterator,
+        pipeline: Any,
+    ) -> None:
+        if self.step % self.settings.log_every_n == 0:
+            self._log(rates)
+        if self.step % self.settings.checkpoint_every_n == 0:
+            self._save_checkpoint(iterator)
+        if self.evaluate is not None and self._evaluated_at(self.step):
+            self._run_evaluation(pipeline)
+
+    def _evaluated_at(self, step: int) -> bool:
+        every = self.settings.eval_every_n
+        return every is not None and step % every == 0
+
+    def _build_pipeline(self) -> Any:
+        accumulation = self.settings.gradient_accumulation
+        autocast_dtype = self.settings.autocast_dtype
+        device_type = self.environment.device.type
+
+        def forward(batch: Any) -> tuple[torch.Tensor, Any]:
+            autocast = (
+                torch.autocast(device_type, dtype=autocast_dtype)
+                if autocast_dtype is not None
+                else contextlib.nullcontext()
+            )
+            with autocast:
+                loss, outputs = self.model(batch)
+            return loss / accumulation, outputs
+
+        pipeline = TrainPipelineSparseDist(
+            self.model, self.optimizer, self.environment.device, custom_model_fwd=forward
+        )
+        if accumulation == 1:
+            return pipeline
+        return GradientAccumulationWrapper(
+            pipeline,
+            self.optimizer,
+            self.model,
+            GradientAccumulationConfig(is_enabled=True, num_steps=accumulation),
+        )
+
+    def _log(self, rates: Mapping[str, float]) -> None:
+        totals = self._interval.all_reduced()
+        steps = self.settings.log_every_n
+        elapsed = max(self._interval.elapsed, 1e-9)
+        examples = steps * self.settings.gradient_accumulation * self.settings.per_rank_batch_size
+        metrics = {"loss": totals["loss"]}
+        for name, value in zip(self.settings.task_names, totals["task_losses"], strict=True):
+            metrics[f"loss/{name}"] = value
+        metrics.update({f"lr/{group}": rate for group, rate in rates.items()})
+        metrics["steps_per_second"] = steps / elapsed
+        metrics["examples_per_second_per_worker"] = examples / elapsed
+        metrics["examples_per_second"] = examples * self.environment.world_size / elapsed
+        metrics["wall_time"] = self.wall_time
+        self.loggers.log(self.step, metrics)
+        self._interval.reset()
+
+    def _save_checkpoint(self, iterator: PositionTrackingIterator) -> None:
+        consumed = self.step * self.settings.gradient_accumulation
+        rank_state = {
+            "data": iterator.position_after(consumed),
+            "world_size": self.environment.world_size,
+        }
+        self.checkpoints.save(self.step, self.state_dict(), rank_state)
+
+    def _run_evaluation(self, pipeline: Any) -> None:
+        assert self.evaluate is not None
+        inner = getattr(pipeline, "_pipeline", pipeline)
+        # The pipeline rewrites sharded modules' forwards for overlap; evaluation needs the
+        # plain forward, so the model is detached for the duration.
+        model = inner.detach()
+        try:
+            self.evaluate(model, self.step)
+        finally:
+            model.train()
+            inner.attach(model)
+
+    def _load_state(self, state: dict[str, Any]) -> None:
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.step = int(state["progress"]["step"])
+        self.wall_time = float(state["progress"]["wall_time"])
+
+    def _restore_data_position(self, rank_state: dict[str, Any] | None) -> None:
+        if rank_state is None:
+            logger.warning("the checkpoint has no data position; reading data from the start")
+        elif rank_state.get("world_size") != self.environment.world_size:
+            logger.warning(
+                "the checkpoint was written by %s ranks, this job has %d: each rank's data "
+                "position cannot carry over, so data is read from the start",
+                rank_state.get("world_size"),
+                self.environment.world_size,
+            )
+        else:
+            self.batches.load_state_dict(rank_state["data"])
+
+    @contextlib.contextmanager
+    def _progress_bar(self) -> Iterator[tqdm]:
+        interactive = sys.stderr.isatty()
+        with logging_redirect_tqdm():
+            bar = tqdm(
+                total=self.settings.num_train_steps,
+                initial=self.step,
+                desc="train",
+                unit="step",
+                disable=not self.environment.is_main,
+                mininterval=0.5 if interactive else 30.0,
+                dynamic_ncols=True,
+            )
+            try:
+                yield bar
+            finally:
+                bar.close()
+
+
+class _IntervalStats:
+    """Loss sums over a logging interval, kept on the device (no host sync per step)."""
+
+    def __init__(self, device: torch.device, num_tasks: int) -> None:
+        self._device = device
+        self._num_tasks = num_tasks
+        self.reset()
+
+    def reset(self) -> None:
+        # [loss sum, task loss sums..., micro-batch count]
+        self._sums = torch.zeros(self._num_tasks + 2, dtype=torch.float64, device=self._device)
+        self.elapsed = 0.0
+
+    def add(self, outputs: Mapping[str, torch.Tensor]) -> None:
+        self._sums[0] += outputs["loss"].double()
+        if self._num_tasks:
+            self._sums[1:-1] += outputs["task_losses"].double()
+        self._sums[-1] += 1
+
+    def all_reduced(self) -> dict[str, Any]:
+        sums = self._sums.clone()
+        if dist.is_initialized() and dist.get_world_size() > 1:
+            dist.all_reduce(sums)
+        count = max(float(sums[-1]), 1.0)
+        means = (sums / count).tolist()
+        return {"loss": means[0], "task_losses": means[1:-1]}
