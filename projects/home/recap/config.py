@@ -29,6 +29,33 @@ class JobMode(enum.StrEnum):
     INFERENCE = "inference"
 
 
+class MetricSet(enum.StrEnum):
+    """Named sets of evaluation metrics, chosen by ``RecapConfig.which_metrics``."""
+
+    ALL = "all"
+    AUROC_RCE = "auroc_rce"
+    CALIBRATION = "calibration"
+    CONSTANT_MEMORY = "constant_memory"
+
+
+# The metrics (names of tml.metrics.METRICS) each set computes for every evaluated task.
+# constant_memory leaves out AUROC and NRCE, which keep every evaluated example.
+METRICS_OF_SET: dict[MetricSet, tuple[str, ...]] = {
+    MetricSet.ALL: (
+        "auroc",
+        "rce",
+        "nrce",
+        "mean_label",
+        "mean_prediction",
+        "precision",
+        "recall",
+    ),
+    MetricSet.AUROC_RCE: ("auroc", "rce"),
+    MetricSet.CALIBRATION: ("rce", "nrce", "mean_label", "mean_prediction"),
+    MetricSet.CONSTANT_MEMORY: ("rce", "mean_label", "mean_prediction", "precision", "recall"),
+}
+
+
 class TrainingConfig(BaseConfig):
     """Length, checkpointing, logging and evaluation cadence of a job."""
 
@@ -76,8 +103,11 @@ class RecapConfig(BaseConfig):
         {}, description="Named evaluation partitions."
     )
     optimizer: RecapOptimizerConfig = Field(description="Optimizer and learning rates.")
-    which_metrics: str | None = Field(
-        None, description="Name of the metric set computed at evaluation (null: all metrics)."
+    which_metrics: MetricSet | None = Field(
+        None,
+        description="Metric set computed per evaluated task at evaluation (null: all): "
+        + "; ".join(f"{name.value} = {', '.join(names)}" for name, names in METRICS_OF_SET.items())
+        + ". constant_memory skips the metrics that keep every evaluated example.",
     )
 
     @pydantic.model_validator(mode="after")
