@@ -24,7 +24,9 @@ def auroc(predictions, labels, weights=None, batches=1):
     weights = None if weights is None else torch.as_tensor(weights)
     for chunk in np.array_split(np.arange(len(predictions)), batches):
         chunk = torch.as_tensor(chunk, dtype=torch.long)
-        metric.update(predictions[chunk], labels[chunk], None if weights is None else weights[chunk])
+        metric.update(
+            predictions[chunk], labels[chunk], None if weights is None else weights[chunk]
+        )
     return metric.compute().item()
 
 
