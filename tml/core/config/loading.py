@@ -26,6 +26,7 @@ import pydantic
 import yaml
 
 from tml.core.config.base_config import BaseConfig, ConfigValueError
+from tml.core.errors import UserInputError
 
 ConfigT = TypeVar("ConfigT", bound=BaseConfig)
 
@@ -37,7 +38,7 @@ _VARIABLE = re.compile(
 _MAX_SHOWN_INPUT = 60
 
 
-class ConfigError(ValueError):
+class ConfigError(UserInputError):
     """A config could not be read or does not validate; the message is one line."""
 
 
