@@ -29,6 +29,9 @@ class FeatureWidths:
     embeddings: dict[str, int]
 
 
+TWHIN_EMBEDDINGS = ("user_embedding", "user_eng_embedding", "author_embedding")
+
+
 @dataclasses.dataclass
 class RecapBatch(Pipelineable):
     """One batch of examples, per rank.

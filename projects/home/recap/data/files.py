@@ -1,0 +1,123 @@
+"""Which files a dataset reads: a glob, or dated folders over a window of days or hours."""
+
+from __future__ import annotations
+
+import glob
+import logging
+import os
+from collections.abc import Callable
+from datetime import datetime, timedelta
+
+from projects.home.recap.data.config import (
+    DATE_FORMAT,
+    DATETIME_FORMAT,
+    ExplicitDateInputs,
+    ExplicitDatetimeInputs,
+    RecapDataConfig,
+)
+
+logger = logging.getLogger(__name__)
+
+DATA_FILE_SUFFIX = ".parquet"
+
+
+class FileSelectionError(ValueError):
+    """No usable files, or too many missing folders; the message names the pattern or folders."""
+
+
+def date_folders(inputs: ExplicitDateInputs) -> list[str]:
+    """``data_root/YYYY/MM/DD`` for the ``days`` days ending at ``end_date`` (inclusive), oldest
+    first."""
+    end = datetime.strptime(inputs.end_date, DATE_FORMAT)
+    days = [end - timedelta(days=offset) for offset in range(inputs.days)]
+    return [os.path.join(inputs.data_root, day.strftime(DATE_FORMAT)) for day in sorted(days)]
+
+
+def datetime_folders(inputs: ExplicitDatetimeInputs) -> list[str]:
+    """``data_root/YYYY/MM/DD/HH`` for the hours ``end-1h .. end-hours`` (the end hour itself is
+    not read: it may still be being written), oldest first."""
+    end = datetime.strptime(inputs.end_datetime, DATETIME_FORMAT)
+    hours = [end - timedelta(hours=offset + 1) for offset in range(inputs.hours)]
+    return [
+        os.path.join(inputs.data_root, hour.strftime(DATETIME_FORMAT)) for hour in sorted(hours)
+    ]
+
+
+def _glob_files(config: RecapDataConfig) -> list[str]:
+    pattern = config.inputs
+    assert pattern is not None
+    files = sorted(path for path in glob.glob(pattern, recursive=True) if os.path.isfile(path))
+    if not files:
+        raise FileSelectionError(f"inputs: no file matches the glob '{pattern}'")
+    return files
+
+
+def _folder_files(folders: list[str], tolerance: int, unit: str, field: str) -> list[str]:
+    files: list[str] = []
+    missing: list[str] = []
+    for folder in folders:
+        found = (
+            sorted(
+                os.path.join(folder, name)
+                for name in os.listdir(folder)
+                if name.endswith(DATA_FILE_SUFFIX) and os.path.isfile(os.path.join(folder, name))
+            )
+            if os.path.isdir(folder)
+            else []
+        )
+        if not found:
+            logger.warning("%s: no %s files in %s", field, DATA_FILE_SUFFIX, folder)
+            missing.append(folder)
+        files.extend(found)
+    if len(missing) > tolerance:
+        shown = ", ".join(missing[:5]) + (", ..." if len(missing) > 5 else "")
+        raise FileSelectionError(
+            f"{field}: {len(missing)} of {len(folders)} {unit} folders are missing or hold no "
+            f"{DATA_FILE_SUFFIX} file, more than the {tolerance} tolerated: {shown}"
+        )
+    if not files:
+        raise FileSelectionError(
+            f"{field}: no {DATA_FILE_SUFFIX} file in any of the {len(folders)} folders "
+            f"{folders[0]} .. {folders[-1]}"
+        )
+    return files
+
+
+def _date_files(config: RecapDataConfig) -> list[str]:
+    inputs = config.explicit_date_inputs
+    assert inputs is not None
+    return _folder_files(
+        date_folders(inputs), inputs.num_missing_days_tol, "day", "explicit_date_inputs"
+    )
+
+
+def _datetime_files(config: RecapDataConfig) -> list[str]:
+    inputs = config.explicit_datetime_inputs
+    assert inputs is not None
+    return _folder_files(
+        datetime_folders(inputs), inputs.num_missing_hours_tol, "hour", "explicit_datetime_inputs"
+    )
+
+
+# The config's one-of group ``date_inputs_format`` -> how that variant finds its files.
+_SELECTORS: dict[str, Callable[[RecapDataConfig], list[str]]] = {
+    "inputs": _glob_files,
+    "explicit_date_inputs": _date_files,
+    "explicit_datetime_inputs": _datetime_files,
+}
+
+
+def select_files(config: RecapDataConfig) -> list[str]:
+    """The dataset's files, sorted by path, cut to ``num_files_to_keep``.
+
+    Raises:
+        FileSelectionError: when nothing matches (naming the glob or folders), or when more
+            dated folders are missing than tolerated.
+    """
+    variant = config.chosen("date_inputs_format")
+    assert variant is not None, "the config guarantees one input format"
+    files = sorted(_SELECTORS[variant](config))
+    if config.num_files_to_keep is not None and len(files) > config.num_files_to_keep:
+        logger.info("keeping the first %d of %d files", config.num_files_to_keep, len(files))
+        files = files[: config.num_files_to_keep]
+    return files
