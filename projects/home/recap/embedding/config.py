@@ -116,6 +116,14 @@ class SmallEmbeddingsConfig(BaseConfig):
 
     tables: list[SmallEmbeddingBagConfig] = Field(min_length=1, description="The tables.")
 
+    @pydantic.model_validator(mode="after")
+    def _check_names(self) -> SmallEmbeddingsConfig:
+        names = [table.name for table in self.tables]
+        duplicates = sorted({name for name in names if names.count(name) > 1})
+        if duplicates:
+            raise ValueError(f"table names must be unique, repeated: {duplicates}")
+        return self
+
 
 class StratifierConfig(BaseConfig):
     """A discrete column emitted with the outputs so metrics can be sliced by its value."""

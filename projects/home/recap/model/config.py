@@ -161,13 +161,14 @@ class ZScoreLogConfig(BaseConfig):
     """``(log1p-transform(x) - mean) / std`` with statistics from a feature analysis file."""
 
     analysis_path: str = Field(
-        description="JSON file of per-column statistics of the log1p-transformed continuous "
-        "features (format in the README)."
+        description="JSON file of per-column mean and standard deviation of the log1p-transformed "
+        "continuous feature, one entry per column of the schema feature before "
+        "truncate_and_slice (format in docs/model.md)."
     )
     schema_path: str | None = Field(
         None,
-        description="Schema the statistics were computed with, if different from the data's; "
-        "columns are then matched by feature name.",
+        description="Accepted only as null, for configs written for the original: the "
+        "statistics file names the schema feature it describes, so no second schema is needed.",
     )
     clip_magnitude: pydantic.NonNegativeFloat = Field(
         5.0, description="Bound on the normalised values."
@@ -185,6 +186,12 @@ class ZScoreLogConfig(BaseConfig):
     def _check_supported(self) -> ZScoreLogConfig:
         if self.use_renorm:
             raise ValueError("use_renorm is not supported (torch has no batch renormalisation)")
+        if self.schema_path is not None:
+            raise ConfigValueError(
+                "schema_path is not supported: the statistics file names the schema feature it "
+                "describes and covers its columns before truncate_and_slice (see docs/model.md)",
+                ("schema_path",),
+            )
         if self.use_bq_stats:
             raise ValueError(
                 "use_bq_stats is not supported; export the statistics to analysis_path"
@@ -330,6 +337,90 @@ class ModelConfig(BaseConfig):
                 )
             seen[key] = task
         return self
+
+    @pydantic.model_validator(mode="after")
+    def _check_towers_end_in_a_logit(self) -> ModelConfig:
+        for task, tower in self.tasks.items():
+            problem = _single_logit_problem(tower)
+            if problem is not None:
+                raise ConfigValueError(
+                    f"a tower must end in a single unit (its logit); {problem}", ("tasks", task)
+                )
+        return self
+
+    @pydantic.model_validator(mode="after")
+    def _check_dlrm(self) -> ModelConfig:
+        # DLRM interacts the bottom MLP's output with every embedding vector by dot products, so
+        # all of them must share one width; TwHIN embeddings are dense features in this model.
+        networks: list[tuple[tuple[str, ...], TaskModel | None]] = [(("backbone",), self.backbone)]
+        networks += [(("tasks", task), tower) for task, tower in self.tasks.items()]
+        vectors = embedding_vector_widths(self)
+        for where, network in networks:
+            if network is None or network.dlrm_config is None:
+                continue
+            if where[0] == "tasks" and self.multi_task_type == MultiTaskType.SHARE_ALL:
+                raise ConfigValueError(
+                    "a DLRM tower under share_all sees only the backbone output, which holds no "
+                    "embedding vectors to interact; use DLRM as the backbone, or share_none / "
+                    "share_partial",
+                    (*where, "dlrm_config"),
+                )
+            if not vectors:
+                raise ConfigValueError(
+                    "DLRM needs embedding vectors to interact: configure large_embeddings, "
+                    "small_embeddings or position_debias_config",
+                    (*where, "dlrm_config"),
+                )
+            width = network.dlrm_config.bottom_mlp.layer_sizes[-1]
+            mismatched = {name: dim for name, dim in vectors.items() if dim != width}
+            if mismatched:
+                raise ConfigValueError(
+                    f"bottom_mlp ends in {width} units, so every embedding vector must be {width} "
+                    f"wide; these are not: {mismatched}",
+                    (*where, "dlrm_config", "bottom_mlp"),
+                )
+        return self
+
+
+def embedding_vector_widths(config: ModelConfig) -> dict[str, int]:
+    """Width of each learned embedding vector of the input, by name, in input order.
+
+    These are what DLRM interacts: small tables, large tables, then the position embedding.
+    """
+    widths: dict[str, int] = {}
+    for table in config.small_embeddings.tables if config.small_embeddings else []:
+        widths[table.name] = table.embedding_dim
+    for table in config.large_embeddings.tables if config.large_embeddings else []:
+        widths[table.name] = table.embedding_dim
+    if config.position_debias_config is not None:
+        widths["position_debias"] = config.position_debias_config.num_dims
+    return widths
+
+
+def _single_logit_problem(tower: TaskModel) -> str | None:
+    """Why a tower's output is not one unit wide, or None when it is."""
+    if tower.mlp_config is not None:
+        last = tower.mlp_config.layer_sizes[-1]
+        return None if last == 1 else f"mlp_config.layer_sizes ends in {last}"
+    if tower.dlrm_config is not None:
+        last = tower.dlrm_config.top_mlp.layer_sizes[-1]
+        return None if last == 1 else f"dlrm_config.top_mlp.layer_sizes ends in {last}"
+    if tower.mask_net_config is not None:
+        mask_net = tower.mask_net_config
+        if mask_net.mlp is not None:
+            last = mask_net.mlp.layer_sizes[-1]
+            return None if last == 1 else f"mask_net_config.mlp.layer_sizes ends in {last}"
+        # A block's LayerNorm over a single unit outputs a constant, so the logit needs the MLP.
+        return "a MaskNet tower needs an mlp ending in 1 (its blocks end in a LayerNorm)"
+    dcn = tower.dcn_config
+    assert dcn is not None  # the architecture one-of group guarantees a variant
+    if dcn.output_mlp is not None:
+        last = dcn.output_mlp.layer_sizes[-1]
+        return None if last == 1 else f"dcn_config.output_mlp.layer_sizes ends in {last}"
+    if dcn.parallel_mlp is not None and not dcn.use_parallel:
+        last = dcn.parallel_mlp.layer_sizes[-1]
+        return None if last == 1 else f"dcn_config.parallel_mlp.layer_sizes ends in {last}"
+    return "a DCN tower's cross network is as wide as its input; add an output_mlp ending in 1"
 
 
 def module_key(task: str) -> str:

@@ -1,0 +1,63 @@
+"""Numeric calibration: undo the label downsampling of the training data in the probabilities."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+from projects.home.recap.data.config import RecapDataConfig
+
+
+def calibration_log_ratios(tasks: Sequence[str], data_config: RecapDataConfig) -> torch.Tensor:
+    """``log(neg_downsampling_rate / pos_downsampling_rate)`` of each task, looked up by name.
+
+    Args:
+        tasks: Task names, in the model's order.
+        data_config: The data whose sampling rates apply (it may list more tasks, in any order).
+
+    Returns:
+        A float32 tensor ``[len(tasks)]``.
+    """
+    missing = [task for task in tasks if task not in data_config.tasks]
+    if missing:
+        raise ValueError(f"the data config has no sampling rates for model tasks {missing}")
+    return torch.tensor(
+        [
+            math.log(
+                data_config.tasks[task].neg_downsampling_rate
+                / data_config.tasks[task].pos_downsampling_rate
+            )
+            for task in tasks
+        ],
+        dtype=torch.float32,
+    )
+
+
+def calibrate(logits: torch.Tensor, log_ratios: torch.Tensor) -> torch.Tensor:
+    """Calibrated probabilities ``p r / (1 - p + r p)`` with ``p = sigmoid(logit)``.
+
+    Computed as ``sigmoid(logit + log r)``, the same value without cancellation when ``r`` is
+    tiny (report: 1.4e-5) or ``p`` is close to 1.
+
+    Args:
+        logits: ``[batch, tasks]``.
+        log_ratios: ``[tasks]`` from :func:`calibration_log_ratios`.
+    """
+    return torch.sigmoid(logits + log_ratios)
+
+
+class NumericCalibration(nn.Module):
+    """:func:`calibrate` with the ratios of the data the model was built for.
+
+    The ratios come from config, not training, so they are not part of the state dict.
+    """
+
+    def __init__(self, log_ratios: torch.Tensor):
+        super().__init__()
+        self.register_buffer("log_ratios", log_ratios, persistent=False)
+
+    def forward(self, logits: torch.Tensor) -> torch.Tensor:
+        return calibrate(logits, self.log_ratios)

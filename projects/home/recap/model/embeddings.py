@@ -1,0 +1,169 @@
+"""Embedding inputs of the ranker: small tables over discrete columns, large torchrec tables over
+sparse ids, and the LayerNorms of the precomputed TwHIN embeddings."""
+
+from __future__ import annotations
+
+import math
+import re
+
+import torch
+import torch.distributed.checkpoint as dcp
+import torchrec
+from torch import nn
+from torchrec.modules.embedding_configs import PoolingType
+from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
+
+from projects.home.recap.embedding.config import LargeEmbeddingsConfig, SmallEmbeddingsConfig
+
+# TwHIN embeddings the batch may carry, in the order they join the input.
+TWHIN_EMBEDDINGS = ("user_embedding", "user_eng_embedding", "author_embedding")
+
+# Where the EmbeddingBagCollection sits below the module that owns it; sharding, the optimizer and
+# checkpoints find large-embedding weights by this path.
+_LARGE_EMBEDDING_PARAMETER = re.compile(r"(^|\.)large_embeddings\.ebc\.")
+
+
+def is_large_embedding_parameter(name: str) -> bool:
+    """Whether a parameter (or state-dict key) of the model, wrapped or not, is a large-table
+    weight, i.e. lies under ``large_embeddings.ebc``."""
+    return _LARGE_EMBEDDING_PARAMETER.search(name) is not None
+
+
+def init_embedding_(weight: torch.Tensor) -> None:
+    """Uniform in +-sqrt(1 / rows), torchrec's default, for every table of the model alike."""
+    bound = math.sqrt(1.0 / weight.shape[0])
+    with torch.no_grad():
+        weight.uniform_(-bound, bound)
+
+
+class SmallEmbeddings(nn.Module):
+    """One small table per configured discrete column, trained with the dense parameters.
+
+    Values are taken modulo the table's rows (negative ones too), so any id is valid.
+
+    Attributes:
+        widths: Width of each table's vector, in config order.
+        out_features: Sum of the widths.
+    """
+
+    def __init__(self, config: SmallEmbeddingsConfig):
+        super().__init__()
+        self.tables = nn.ModuleList(
+            nn.Embedding(table.num_embeddings, table.embedding_dim) for table in config.tables
+        )
+        for table in self.tables:
+            init_embedding_(table.weight)
+        self.register_buffer(
+            "columns", torch.tensor([table.index for table in config.tables]), persistent=False
+        )
+        self.rows = [table.num_embeddings for table in config.tables]
+        self.widths = [table.embedding_dim for table in config.tables]
+        self.out_features = sum(self.widths)
+
+    def forward(self, discrete_features: torch.Tensor) -> torch.Tensor:
+        ids = discrete_features[:, self.columns].long()
+        vectors = [
+            table(torch.remainder(ids[:, position], rows))
+            for position, (table, rows) in enumerate(zip(self.tables, self.rows, strict=True))
+        ]
+        return torch.cat(vectors, dim=1) if len(vectors) > 1 else vectors[0]
+
+
+class LargeEmbeddings(nn.Module):
+    """The large tables as one torchrec EmbeddingBagCollection (sum pooling), at ``ebc``.
+
+    Table ``t`` is fed by the KeyedJaggedTensor key ``t``, whose values must already be rows in
+    ``[0, num_embeddings)`` (the data loader maps raw ids through ``vocab`` or by hashing).
+
+    Attributes:
+        table_names: Table names in config order, the order of the output columns.
+        widths: Each table's width, in the same order.
+        out_features: Sum of the widths.
+    """
+
+    def __init__(self, config: LargeEmbeddingsConfig, device: torch.device):
+        super().__init__()
+        tables = [
+            torchrec.EmbeddingBagConfig(
+                name=table.name,
+                embedding_dim=table.embedding_dim,
+                num_embeddings=table.num_embeddings,
+                feature_names=[table.name],
+                pooling=PoolingType.SUM,
+            )
+            for table in config.tables
+        ]
+        self.ebc = torchrec.EmbeddingBagCollection(tables=tables, device=device)
+        self.table_names = [table.name for table in config.tables]
+        self.widths = [table.embedding_dim for table in config.tables]
+        self.out_features = sum(self.widths)
+
+    def forward(self, sparse_features: KeyedJaggedTensor) -> torch.Tensor:
+        # The KJT goes to the EBC untouched: torchrec's train pipelines find it by tracing and
+        # overlap its input distribution with compute. Sharding may reorder the pooled keys, so
+        # they are put back in config order by name.
+        pooled = self.ebc(sparse_features).to_dict()
+        return torch.cat([pooled[name] for name in self.table_names], dim=1)
+
+
+class TwhinNorms(nn.Module):
+    """A LayerNorm per TwHIN embedding the data provides (named in ``renamed_features``)."""
+
+    def __init__(self, widths: dict[str, int]):
+        super().__init__()
+        self.norms = nn.ModuleDict({name: nn.LayerNorm(width) for name, width in widths.items()})
+        self.out_features = sum(widths.values())
+
+    def forward(self, embeddings: dict[str, torch.Tensor]) -> list[torch.Tensor]:
+        # TwHIN vectors may arrive down-cast; LayerNorm runs in fp32.
+        return [norm(embeddings[name].to(torch.float32)) for name, norm in self.norms.items()]
+
+
+def load_pretrained_embeddings(model: nn.Module, config: LargeEmbeddingsConfig | None) -> list[str]:
+    """Loads every table with ``pretrained`` set from its torch.distributed.checkpoint directory.
+
+    Works on an unsharded model and, collectively (every rank calls it), on a sharded one:
+    the checkpoint's tensor is resharded into whatever shards this rank holds. Call it after the
+    tables are materialised (sharded) and before restoring a training checkpoint, which wins.
+
+    Args:
+        model: The ranking model, possibly wrapped (ModelAndLoss, DistributedModelParallel).
+        config: The model's large embeddings.
+
+    Returns:
+        Names of the tables loaded.
+
+    Raises:
+        ValueError: the snapshot lacks ``emb_name``, or its shape differs from the table's.
+    """
+    tables = [table for table in (config.tables if config else []) if table.pretrained]
+    if not tables:
+        return []
+    state = model.state_dict()
+    loaded = []
+    for table in tables:
+        suffix = f"large_embeddings.ebc.embedding_bags.{table.name}.weight"
+        keys = [key for key in state if key == suffix or key.endswith("." + suffix)]
+        if len(keys) != 1:
+            raise ValueError(f"the model has no single parameter '{suffix}' (found {keys})")
+        snapshot = table.pretrained
+        assert snapshot is not None
+        metadata = dcp.FileSystemReader(snapshot.embedding_snapshot_uri).read_metadata()
+        stored = metadata.state_dict_metadata.get(snapshot.emb_name)
+        if stored is None or not hasattr(stored, "size"):
+            names = sorted(metadata.state_dict_metadata)
+            raise ValueError(
+                f"table '{table.name}': snapshot {snapshot.embedding_snapshot_uri} has no tensor "
+                f"'{snapshot.emb_name}'; it has {names[:10]}{' ...' if len(names) > 10 else ''}"
+            )
+        expected = (table.num_embeddings, table.embedding_dim)
+        if tuple(stored.size) != expected:
+            raise ValueError(
+                f"table '{table.name}': snapshot tensor '{snapshot.emb_name}' is "
+                f"{tuple(stored.size)}, the table is {expected}"
+            )
+        # dcp.load fills the (possibly sharded) state-dict tensor in place; it shares storage
+        # with the table's weight.
+        dcp.load({snapshot.emb_name: state[keys[0]]}, checkpoint_id=snapshot.embedding_snapshot_uri)
+        loaded.append(table.name)
+    return loaded
