@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from projects.home.recap.data.config import RecapDataConfig
+from projects.home.recap.model.errors import ModelInputError
 
 
 def calibration_log_ratios(tasks: Sequence[str], data_config: RecapDataConfig) -> torch.Tensor:
@@ -23,7 +24,7 @@ def calibration_log_ratios(tasks: Sequence[str], data_config: RecapDataConfig) -
     """
     missing = [task for task in tasks if task not in data_config.tasks]
     if missing:
-        raise ValueError(f"the data config has no sampling rates for model tasks {missing}")
+        raise ModelInputError(f"the data config has no sampling rates for model tasks {missing}")
     return torch.tensor(
         [
             math.log(

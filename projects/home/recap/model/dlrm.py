@@ -6,6 +6,7 @@ import torch
 from torch import nn
 
 from projects.home.recap.model.config import DlrmConfig
+from projects.home.recap.model.errors import ModelInputError
 from projects.home.recap.model.input_layout import InputLayout
 from projects.home.recap.model.mlp import Mlp
 
@@ -25,20 +26,20 @@ class Dlrm(nn.Module):
         super().__init__()
         dim = config.bottom_mlp.layer_sizes[-1]
         if not layout.embedding_segments:
-            raise ValueError(
+            raise ModelInputError(
                 "DLRM needs embedding vectors to interact: configure large_embeddings, "
                 "small_embeddings or position_debias_config"
             )
         widths = sorted({width for _, width in layout.embedding_segments})
         if widths != [dim]:
-            raise ValueError(
+            raise ModelInputError(
                 f"DLRM's bottom_mlp ends in {dim} units but the embedding vectors are {widths} wide"
             )
         self.dense_segments = layout.dense_segments()
         self.embedding_segments = layout.embedding_segments
         dense_width = sum(width for _, width in self.dense_segments)
         if dense_width == 0:
-            raise ValueError("DLRM's bottom MLP has no dense feature to read")
+            raise ModelInputError("DLRM's bottom MLP has no dense feature to read")
         self.bottom_mlp = Mlp(dense_width, config.bottom_mlp)
         count = 1 + len(self.embedding_segments)
         rows, columns = torch.triu_indices(count, count, offset=1)

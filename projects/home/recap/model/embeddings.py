@@ -14,9 +14,7 @@ from torchrec.modules.embedding_configs import PoolingType
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
 from projects.home.recap.embedding.config import LargeEmbeddingsConfig, SmallEmbeddingsConfig
-
-# TwHIN embeddings the batch may carry, in the order they join the input.
-TWHIN_EMBEDDINGS = ("user_embedding", "user_eng_embedding", "author_embedding")
+from projects.home.recap.model.errors import ModelInputError
 
 # Where the EmbeddingBagCollection sits below the module that owns it; sharding, the optimizer and
 # checkpoints find large-embedding weights by this path.
@@ -145,20 +143,20 @@ def load_pretrained_embeddings(model: nn.Module, config: LargeEmbeddingsConfig |
         suffix = f"large_embeddings.ebc.embedding_bags.{table.name}.weight"
         keys = [key for key in state if key == suffix or key.endswith("." + suffix)]
         if len(keys) != 1:
-            raise ValueError(f"the model has no single parameter '{suffix}' (found {keys})")
+            raise ModelInputError(f"the model has no single parameter '{suffix}' (found {keys})")
         snapshot = table.pretrained
         assert snapshot is not None
         metadata = dcp.FileSystemReader(snapshot.embedding_snapshot_uri).read_metadata()
         stored = metadata.state_dict_metadata.get(snapshot.emb_name)
         if stored is None or not hasattr(stored, "size"):
             names = sorted(metadata.state_dict_metadata)
-            raise ValueError(
+            raise ModelInputError(
                 f"table '{table.name}': snapshot {snapshot.embedding_snapshot_uri} has no tensor "
                 f"'{snapshot.emb_name}'; it has {names[:10]}{' ...' if len(names) > 10 else ''}"
             )
         expected = (table.num_embeddings, table.embedding_dim)
         if tuple(stored.size) != expected:
-            raise ValueError(
+            raise ModelInputError(
                 f"table '{table.name}': snapshot tensor '{snapshot.emb_name}' is "
                 f"{tuple(stored.size)}, the table is {expected}"
             )

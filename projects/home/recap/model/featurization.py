@@ -18,7 +18,8 @@ import torch
 from torch import nn
 
 from projects.home.recap.data.batch import FeatureWidths
-from projects.home.recap.data.config import RecapDataConfig, TruncateAndSlice
+from projects.home.recap.data.config import RecapDataConfig
+from projects.home.recap.data.preprocess import PreprocessError, TruncateAndSliceStep
 from projects.home.recap.model.config import (
     ClipLog1pAbsConfig,
     DoubleNormLogConfig,
@@ -27,6 +28,7 @@ from projects.home.recap.model.config import (
     Log1pAbsConfig,
     ZScoreLogConfig,
 )
+from projects.home.recap.model.errors import ModelInputError
 from projects.home.recap.model.norms import build_batch_norm, build_layer_norm
 
 Z_SCORE_KEYS = frozenset({"feature_name", "mean", "std", "count"})
@@ -132,28 +134,6 @@ class Featurization(nn.Module):
         return self.layer_norm(x) if self.layer_norm is not None else x
 
 
-def kept_continuous_columns(raw_width: int, steps: TruncateAndSlice | None) -> np.ndarray:
-    """Indices of the raw continuous columns that survive ``truncate_and_slice``.
-
-    Truncation keeps the first N columns; the mask (a .npy vector as long as the truncated
-    feature) then keeps the columns where it is non-zero.
-    """
-    columns = np.arange(raw_width)
-    if steps is None:
-        return columns
-    if steps.continuous_feature_truncation is not None:
-        columns = columns[: steps.continuous_feature_truncation]
-    if steps.continuous_feature_mask_path is not None:
-        mask = np.load(steps.continuous_feature_mask_path).reshape(-1)
-        if mask.size != columns.size:
-            raise ValueError(
-                f"continuous_feature_mask_path {steps.continuous_feature_mask_path} has "
-                f"{mask.size} entries but the truncated continuous feature has {columns.size}"
-            )
-        columns = columns[mask != 0]
-    return columns
-
-
 def load_z_score_statistics(
     config: ZScoreLogConfig, data_config: RecapDataConfig, width: int
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -172,35 +152,42 @@ def load_z_score_statistics(
     try:
         stats = json.loads(Path(path).read_text())
     except (OSError, json.JSONDecodeError) as error:
-        raise ValueError(f"z_score_log analysis_path {path}: cannot read it: {error}") from None
+        raise ModelInputError(
+            f"z_score_log analysis_path {path}: cannot read it: {error}"
+        ) from None
     if not isinstance(stats, dict) or not {"feature_name", "mean", "std"} <= stats.keys():
-        raise ValueError(f"{path}: expected a JSON object with feature_name, mean and std")
+        raise ModelInputError(f"{path}: expected a JSON object with feature_name, mean and std")
     unknown = sorted(stats.keys() - Z_SCORE_KEYS)
     if unknown:
-        raise ValueError(f"{path}: unknown keys {unknown}; allowed: {sorted(Z_SCORE_KEYS)}")
+        raise ModelInputError(f"{path}: unknown keys {unknown}; allowed: {sorted(Z_SCORE_KEYS)}")
     expected = data_config.seg_dense_schema.renamed_features.get("continuous")
     if stats["feature_name"] != expected:
-        raise ValueError(
+        raise ModelInputError(
             f"{path} describes '{stats['feature_name']}' but the data's continuous feature is "
             f"'{expected}'"
         )
     mean, std = stats["mean"], stats["std"]
     if not isinstance(mean, list) or not isinstance(std, list) or len(mean) != len(std):
-        raise ValueError(f"{path}: mean and std must be lists of the same length")
+        raise ModelInputError(f"{path}: mean and std must be lists of the same length")
     for index, (m, s) in enumerate(zip(mean, std, strict=True)):
         if not _is_finite_number(m) or not _is_finite_number(s) or s < 0:
-            raise ValueError(
+            raise ModelInputError(
                 f"{path}: column {index} needs a finite mean and a finite std >= 0, got {m}, {s}"
             )
+    # The statistics cover the raw columns; keep those the data's truncate_and_slice keeps,
+    # selected by the loader's own step so the two cannot disagree.
     steps = data_config.preprocess.truncate_and_slice if data_config.preprocess else None
-    if steps is not None and (steps.continuous_feature_truncation or 0) > len(mean):
-        raise ValueError(
-            f"{path} has {len(mean)} columns but truncate_and_slice keeps the first "
-            f"{steps.continuous_feature_truncation}"
-        )
-    columns = kept_continuous_columns(len(mean), steps)
+    columns = np.arange(len(mean))
+    if steps is not None:
+        try:
+            selection = TruncateAndSliceStep(steps, {"continuous": len(mean)}).selection(
+                "continuous"
+            )
+        except PreprocessError as error:
+            raise ModelInputError(f"{path} has {len(mean)} columns: {error}") from None
+        columns = columns if selection is None else selection
     if columns.size != width:
-        raise ValueError(
+        raise ModelInputError(
             f"{path} has {len(mean)} columns, of which the data config keeps {columns.size}, but "
             f"the continuous features have {width} columns"
         )

@@ -9,6 +9,7 @@ import torch.nn.functional as F  # noqa: N812 - the conventional name
 from torch import nn
 
 from projects.home.recap.model.config import ModelConfig
+from projects.home.recap.model.errors import ModelInputError
 
 
 class MultiTaskLoss(nn.Module):
@@ -35,7 +36,7 @@ class MultiTaskLoss(nn.Module):
         tasks = self.pos_weight.numel()
         for name, tensor in (("logits", logits), ("labels", labels), ("weights", weights)):
             if tensor.dim() != 2 or tensor.shape[1] != tasks or tensor.shape[0] != logits.shape[0]:
-                raise ValueError(
+                raise ModelInputError(
                     f"{name} should be [batch, {tasks}] (one column per model task, in model "
                     f"order), got {list(tensor.shape)}"
                 )

@@ -6,6 +6,7 @@ import torch
 from torch import nn
 
 from projects.home.recap.model.config import MaskBlockConfig, MaskNetConfig
+from projects.home.recap.model.errors import ModelInputError
 from projects.home.recap.model.input_layout import InputLayout
 from projects.home.recap.model.mlp import Mlp, xavier_linear
 
@@ -17,7 +18,7 @@ def aggregation_width(config: MaskBlockConfig, mask_in_features: int) -> int:
     assert config.reduction_factor is not None  # the one-of group guarantees one of them
     width = int(mask_in_features * config.reduction_factor)
     if width < 1:
-        raise ValueError(
+        raise ModelInputError(
             f"reduction_factor {config.reduction_factor} x mask input width {mask_in_features} "
             "leaves no hidden unit in the mask network; raise it or set aggregation_size"
         )

@@ -20,17 +20,13 @@ import torch
 from torch import nn
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
-from projects.home.recap.data.batch import FeatureWidths
+from projects.home.recap.data.batch import TWHIN_EMBEDDINGS, FeatureWidths
 from projects.home.recap.data.config import RecapDataConfig
 from projects.home.recap.model.architectures import build_task_network
 from projects.home.recap.model.calibration import NumericCalibration, calibration_log_ratios
 from projects.home.recap.model.config import ModelConfig, MultiTaskType, module_key
-from projects.home.recap.model.embeddings import (
-    TWHIN_EMBEDDINGS,
-    LargeEmbeddings,
-    SmallEmbeddings,
-    TwhinNorms,
-)
+from projects.home.recap.model.embeddings import LargeEmbeddings, SmallEmbeddings, TwhinNorms
+from projects.home.recap.model.errors import ModelInputError
 from projects.home.recap.model.featurization import build_featurization
 from projects.home.recap.model.input_layout import InputLayout
 from projects.home.recap.model.position_debias import PositionDebias
@@ -90,7 +86,7 @@ class DenseRankingModel(nn.Module):
         twhin = [name for name in TWHIN_EMBEDDINGS if name in renamed]
         absent = [name for name in twhin if name not in widths.embeddings]
         if absent:
-            raise ValueError(
+            raise ModelInputError(
                 f"renamed_features names {absent} but the feature widths have no such embedding "
                 f"(they have {sorted(widths.embeddings)})"
             )
@@ -165,7 +161,9 @@ class DenseRankingModel(nn.Module):
             parts.append(self.small_embeddings(discrete_features))
         if self.large_embedding_widths:
             if large_embeddings is None:
-                raise ValueError("the model has large embedding tables but got no pooled vectors")
+                raise ModelInputError(
+                    "the model has large embedding tables but got no pooled vectors"
+                )
             parts.append(large_embeddings.to(torch.float32))
         parts.extend(self.twhin_norms(twhin))
         if self.position_debias is not None:
@@ -203,7 +201,7 @@ class DenseRankingModel(nn.Module):
             expected["binary_features"], given["binary_features"] = self.widths.binary, binary
         if self.needs_discrete:
             if discrete is None:
-                raise ValueError(
+                raise ModelInputError(
                     "the model reads discrete_features (small_embeddings, position_debias_config "
                     "or feature_names_to_concat) but the batch has none"
                 )
@@ -214,14 +212,14 @@ class DenseRankingModel(nn.Module):
         for name in self.twhin_norms.norms:
             tensor = twhin[name]
             if tensor is None:
-                raise ValueError(
+                raise ModelInputError(
                     f"renamed_features names '{name}', so the model reads it, but the batch has "
                     "none"
                 )
             expected[name], given[name] = self.widths.embeddings[name], tensor
         for name, tensor in given.items():
             if tensor.dim() != 2 or tensor.shape[1] != expected[name]:
-                raise ValueError(
+                raise ModelInputError(
                     f"{name} should be [batch, {expected[name]}] as the model was built for, got "
                     f"{list(tensor.shape)}"
                 )
@@ -263,7 +261,7 @@ class MultiTaskRankingModel(nn.Module):
         pooled = None
         if self.large_embeddings is not None:
             if sparse_features is None:
-                raise ValueError(
+                raise ModelInputError(
                     f"the model has large embedding tables {self.large_embeddings.table_names} "
                     "but the batch has no sparse_features"
                 )
@@ -337,7 +335,7 @@ def _check_discrete_columns(config: ModelConfig, widths: FeatureWidths) -> None:
         readers.append((f"stratifier '{stratifier.name}'", stratifier.index))
     for reader, column in readers:
         if column >= widths.discrete:
-            raise ValueError(
+            raise ModelInputError(
                 f"{reader} reads discrete column {column} but the discrete features have "
                 f"{widths.discrete} columns"
             )

@@ -14,6 +14,7 @@ from torch import nn
 from torch.export import Dim, ExportedProgram
 
 from projects.home.recap.data.batch import RecapBatch
+from projects.home.recap.model.errors import ModelInputError
 from projects.home.recap.model.ranking_model import MultiTaskRankingModel
 
 # Dense inputs of the servable model, in its positional order; sparse_ids comes last.
@@ -46,7 +47,7 @@ class ServableRankingModel(nn.Module):
             for name in model.large_embeddings.table_names:
                 weight = bags[name].weight
                 if weight.is_meta or type(weight) not in (torch.Tensor, nn.Parameter):
-                    raise ValueError(
+                    raise ModelInputError(
                         f"large table '{name}' is not materialised and unsharded "
                         f"({type(weight).__name__} on {weight.device}); gather it first"
                     )
@@ -72,7 +73,7 @@ class ServableRankingModel(nn.Module):
                 or sparse_ids.dim() != 2
                 or sparse_ids.shape[1] != len(self.tables)
             ):
-                raise ValueError(
+                raise ModelInputError(
                     f"sparse_ids should be [batch, {len(self.tables)}] row ids for tables "
                     f"{self.table_names}"
                 )
@@ -104,15 +105,17 @@ def servable_inputs(batch: RecapBatch, table_names: list[str]) -> dict[str, torc
     if table_names:
         sparse = batch.sparse_features
         if sparse is None:
-            raise ValueError(f"the batch has no sparse_features for tables {table_names}")
+            raise ModelInputError(f"the batch has no sparse_features for tables {table_names}")
         by_key = sparse.to_dict()
         columns = []
         for name in table_names:
             if name not in by_key:
-                raise ValueError(f"sparse_features has no key '{name}' (keys: {sparse.keys()})")
+                raise ModelInputError(
+                    f"sparse_features has no key '{name}' (keys: {sparse.keys()})"
+                )
             lengths = by_key[name].lengths()
             if not bool(torch.all(lengths == 1)):
-                raise ValueError(f"table '{name}' is not fed exactly one id per example")
+                raise ModelInputError(f"table '{name}' is not fed exactly one id per example")
             columns.append(by_key[name].values())
         inputs["sparse_ids"] = torch.stack(columns, dim=1).long()
     return inputs
