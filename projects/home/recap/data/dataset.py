@@ -45,6 +45,7 @@ from projects.home.recap.data.parquet_format import DataFile, DataFileError
 from projects.home.recap.data.pipeline import ordered_map
 from projects.home.recap.data.preprocess import Preprocessor, Rows, build_preprocessor
 from projects.home.recap.embedding.config import LargeEmbeddingsConfig
+from tml.core.errors import UserInputError
 
 logger = logging.getLogger(__name__)
 
@@ -53,6 +54,10 @@ STATE_VERSION = 1
 _HISTORY = 16
 
 Arrays = dict[str, np.ndarray]
+
+
+class DatasetError(UserInputError):
+    """The data cannot be shared or resumed as asked; the message says why."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -128,14 +133,14 @@ class RecapDataset(torch.utils.data.IterableDataset):
         """Resolves features and files and opens this rank's files (footers only).
 
         Raises:
-            ValueError: (or a subclass naming the file, field or column) for a bad config, no
+            UserInputError: (a subclass naming the file, field or column) for a bad config, no
                 matching files, an unreadable or non-conforming file.
         """
         super().__init__()
         if world_size < 1 or not 0 <= rank < world_size:
-            raise ValueError(f"rank {rank} is not in a world of {world_size} ranks")
+            raise DatasetError(f"rank {rank} is not in a world of {world_size} ranks")
         if config.global_batch_size % world_size:
-            raise ValueError(
+            raise DatasetError(
                 f"global_batch_size: {config.global_batch_size} does not divide by the "
                 f"{world_size} ranks"
             )
@@ -215,13 +220,13 @@ class RecapDataset(torch.utils.data.IterableDataset):
         ]
         if not by_file:
             if len(units) < self.world_size:
-                raise ValueError(
+                raise DatasetError(
                     f"{len(paths)} files with {len(units)} row groups in all cannot be shared "
                     f"among {self.world_size} ranks; write smaller row groups or more files"
                 )
             units = units[self.rank :: self.world_size]
         if not units:
-            raise ValueError(
+            raise DatasetError(
                 f"rank {self.rank}: none of its {len(candidates)} files holds a readable row "
                 f"({len(self.skipped_files)} skipped)"
             )
@@ -242,7 +247,7 @@ class RecapDataset(torch.utils.data.IterableDataset):
                 prefetches); the state then points before them so they are read again.
         """
         if not 0 <= pending < len(self._history):
-            raise ValueError(f"pending must be in 0..{len(self._history) - 1}, got {pending}")
+            raise DatasetError(f"pending must be in 0..{len(self._history) - 1}, got {pending}")
         epoch, offset = self._history[-1 - pending]
         return {
             "version": STATE_VERSION,
@@ -258,14 +263,14 @@ class RecapDataset(torch.utils.data.IterableDataset):
         """Continues from a saved position: the next batch starts at the first unseen row.
 
         Raises:
-            ValueError: when the state was saved for another share of the data (other files,
+            DatasetError: when the state was saved for another share of the data (other files,
                 rank, world size or seed), where an exact resume is impossible.
         """
         if state.get("version") != STATE_VERSION:
-            raise ValueError(f"data loader state version {state.get('version')} is not supported")
+            raise DatasetError(f"data loader state version {state.get('version')} is not supported")
         for key in ("seed", "rank", "world_size", "fingerprint"):
             if state.get(key) != getattr(self, f"_{key}" if key == "fingerprint" else key):
-                raise ValueError(
+                raise DatasetError(
                     f"data loader state was saved with {key}={state.get(key)!r}, this loader has "
                     f"{getattr(self, f'_{key}' if key == 'fingerprint' else key)!r}: the files or "
                     "their sharing among ranks changed, so the position cannot be restored"
@@ -375,7 +380,7 @@ class RecapDataset(torch.utils.data.IterableDataset):
             if self.mode != JobMode.TRAIN:
                 return
             if delivered == 0 and offset == 0:
-                raise ValueError(
+                raise DatasetError(
                     f"rank {self.rank}: a whole epoch produced no readable row "
                     f"({self.skipped_row_groups} row groups skipped)"
                 )

@@ -23,6 +23,7 @@ import torch
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
 from projects.home.recap.embedding.config import EmbeddingBagConfig
+from tml.core.errors import UserInputError
 
 logger = logging.getLogger(__name__)
 
@@ -31,7 +32,7 @@ _MIX_1 = np.uint64(0xBF58476D1CE4E5B9)
 _MIX_2 = np.uint64(0x94D049BB133111EB)
 
 
-class VocabError(ValueError):
+class VocabError(UserInputError):
     """A vocab cannot be read or is inconsistent; the message names the file or directory."""
 
 

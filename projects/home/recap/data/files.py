@@ -15,13 +15,14 @@ from projects.home.recap.data.config import (
     ExplicitDatetimeInputs,
     RecapDataConfig,
 )
+from tml.core.errors import UserInputError
 
 logger = logging.getLogger(__name__)
 
 DATA_FILE_SUFFIX = ".parquet"
 
 
-class FileSelectionError(ValueError):
+class FileSelectionError(UserInputError):
     """No usable files, or too many missing folders; the message names the pattern or folders."""
 
 

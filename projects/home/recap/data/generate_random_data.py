@@ -47,7 +47,8 @@ from projects.home.recap.data.schema import (
     SegDenseSchema,
     load_schema,
 )
-from tml.core.config import ConfigError, load_config_from_yaml
+from tml.core.config import load_config_from_yaml
+from tml.core.errors import UserInputError
 
 logger = logging.getLogger(__name__)
 
@@ -93,7 +94,7 @@ ROLES = (
 )
 
 
-class GenerationError(ValueError):
+class GenerationError(UserInputError):
     """The generator cannot write data for this config; the message says why."""
 
 
@@ -156,7 +157,9 @@ class World:
         self.author_effect = rng.normal(0.0, 0.7, (NUM_AUTHORS, count)).astype(np.float32)
         self.bias = np.zeros(count, np.float32)
         # Standardise the signal features, then pick each bias to hit the label's rate.
-        sample = self.draw(np.random.default_rng(WORLD_SEED + 1), 8192, tweet_id_start=0)
+        sample = self.draw(
+            np.random.default_rng(WORLD_SEED + 1), 8192, tweet_id_start=0, signal_only=True
+        )
         logs = np.log1p(sample.signal_continuous)
         self._log_mean = logs.mean(axis=0)
         self._log_std = logs.std(axis=0) + 1e-6
@@ -177,16 +180,25 @@ class World:
         noise = 0.3 * rng.standard_normal((len(taste), width)).astype(np.float32)
         return taste @ projection + noise
 
-    def draw(self, rng: np.random.Generator, rows: int, tweet_id_start: int) -> _Sample:
-        """Draws ``rows`` examples (features only)."""
+    def draw(
+        self, rng: np.random.Generator, rows: int, tweet_id_start: int, signal_only: bool = False
+    ) -> _Sample:
+        """Draws ``rows`` examples (features only; with ``signal_only`` just the continuous
+        columns the labels depend on)."""
         users = rng.integers(0, NUM_USERS, rows)
         authors = rng.choice(NUM_AUTHORS, rows, p=self.author_popularity)
-        columns = self.continuous
-        width = self.continuous_width
+        width = (
+            min(SIGNAL_CONTINUOUS, self.continuous_width) if signal_only else self.continuous_width
+        )
+        scale, is_count, zero_probability = (
+            self.continuous.scale[:width],
+            self.continuous.is_count[:width],
+            self.continuous.zero_probability[:width],
+        )
         magnitude = np.exp(1.2 * rng.standard_normal((rows, width), dtype=np.float32))
-        continuous = columns.scale * magnitude
-        continuous = np.where(columns.is_count, np.floor(continuous), _low_precision(continuous))
-        continuous[rng.random((rows, width), dtype=np.float32) < columns.zero_probability] = 0.0
+        continuous = scale * magnitude
+        continuous = np.where(is_count, np.floor(continuous), _low_precision(continuous))
+        continuous[rng.random((rows, width), dtype=np.float32) < zero_probability] = 0.0
         binary = (rng.random((rows, self.binary_width)) < self.binary_probability).astype(np.int64)
         discrete = np.minimum(
             np.floor(rng.pareto(1.5, (rows, self.discrete_width))).astype(np.int64),
@@ -465,7 +477,7 @@ def main(argv: list[str] | None = None) -> int:
             seed=args.seed,
             options=options,
         )
-    except (ConfigError, GenerationError, ValueError, OSError) as error:
+    except (UserInputError, OSError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     return 0

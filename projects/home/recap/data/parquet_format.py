@@ -35,6 +35,7 @@ from projects.home.recap.data.schema import (
     SegDenseSchema,
     parse_schema,
 )
+from tml.core.errors import UserInputError
 
 METADATA_KEY = b"tml.segdense"
 FORMAT_VERSION = 1
@@ -53,7 +54,7 @@ _ACCEPTED_TYPES = {
 }
 
 
-class DataFileError(ValueError):
+class DataFileError(UserInputError):
     """A data file cannot be read or does not follow the schema; the message names it."""
 
 

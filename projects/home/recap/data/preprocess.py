@@ -30,6 +30,7 @@ from projects.home.recap.data.config import (
     TaskData,
     TruncateAndSlice,
 )
+from tml.core.errors import UserInputError
 
 logger = logging.getLogger(__name__)
 
@@ -44,7 +45,7 @@ TORCH_DTYPES: dict[DataType, torch.dtype] = {
 }
 
 
-class PreprocessError(ValueError):
+class PreprocessError(UserInputError):
     """A preprocess step is configured wrongly for the data; the message names the field."""
 
 

@@ -16,10 +16,12 @@ from typing import Any
 
 import numpy as np
 
+from tml.core.errors import UserInputError
+
 VARIABLE_LENGTH = -1
 
 
-class SchemaError(ValueError):
+class SchemaError(UserInputError):
     """The schema file, or the config's use of it, is wrong; the message names the file."""
 
 

@@ -1,0 +1,379 @@
+import itertools
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import torch
+
+from projects.home.recap.config import JobMode
+from projects.home.recap.data.dataset import DatasetError, build_dataset
+from projects.home.recap.data.embedding_ids import hash_ids
+from projects.home.recap.data.files import FileSelectionError
+from projects.home.recap.data.parquet_format import DataFileError, SegDenseWriter
+from projects.home.recap.data.schema import load_schema
+from projects.home.recap.embedding.config import LargeEmbeddingsConfig
+
+from .conftest import rows_for
+
+TASKS = ["label.c", "label.a"]
+
+
+def ids_of(batch):
+    return batch.extra_features["meta__tweet_id"].flatten().tolist()
+
+
+def take(dataset, count):
+    return list(itertools.islice(iter(dataset), count))
+
+
+def test_batch_contents_labels_by_name_and_weights(write_files, make_config):
+    write_files([10, 7])
+    config = make_config(
+        tasks={
+            "label.a": {"pos_downsampling_rate": 0.5, "neg_downsampling_rate": 0.25},
+            "label.b": {},
+            "label.c": {},
+        }
+    )
+    dataset = build_dataset(config, mode=JobMode.EVALUATE, tasks=TASKS)
+    batches = list(dataset)
+    assert [batch.batch_size for batch in batches] == [4, 4, 4, 4, 1]
+    for batch in batches:
+        ids = np.array(ids_of(batch))
+        expected = rows_for(ids)
+        torch.testing.assert_close(batch.continuous_features, torch.from_numpy(expected["cont"]))
+        assert batch.binary_features.tolist() == expected["bin"].tolist()
+        assert batch.discrete_features.tolist() == expected["disc"].tolist()
+        torch.testing.assert_close(batch.user_embedding, torch.from_numpy(expected["user.emb"]))
+        assert batch.user_eng_embedding is None and batch.author_embedding is None
+        # Columns in model task order, matched by name: label.c then label.a.
+        labels = np.stack([ids % 7 == 0, ids % 3 == 0], axis=1).astype(np.float32)
+        assert batch.labels.tolist() == labels.tolist()
+        weights = np.stack([np.ones(len(ids)), np.where(ids % 3 == 0, 2.0, 4.0)], axis=1)
+        assert batch.weights.tolist() == weights.tolist()
+        assert batch.extra_features["meta__user_id"].flatten().tolist() == (ids * 7919).tolist()
+        assert batch.sparse_features is None
+    assert sorted(itertools.chain.from_iterable(map(ids_of, batches))) == list(range(17))
+
+
+def test_only_needed_columns_are_read(write_files, make_config):
+    write_files([3])
+    config = make_config(preprocess={"truncate_and_slice": {"continuous_feature_truncation": 4}})
+    dataset = build_dataset(config, mode=JobMode.TRAIN, tasks=["label.a"])
+    assert set(dataset._files[0].columns) == {
+        "cont[0:5]",
+        "bin[0:5]",
+        "bin[5:6]",
+        "disc",
+        "user.emb",
+        "meta.user_id",
+        "meta.tweet_id",
+        "label.a",
+    }
+
+
+def test_training_repeats_and_each_epoch_holds_every_example_once(write_files, make_config):
+    write_files([10, 7])
+    dataset = build_dataset(make_config(), mode=JobMode.TRAIN, tasks=TASKS, seed=3)
+    stream = list(itertools.chain.from_iterable(map(ids_of, take(dataset, 17))))
+    assert all(len(ids_of(batch)) == 4 for batch in take(dataset, 3))
+    for epoch in range(4):
+        assert sorted(stream[epoch * 17 : (epoch + 1) * 17]) == list(range(17))
+    assert stream[:17] != stream[17:34]  # reshuffled every epoch
+
+
+def test_seed_fixes_the_order(write_files, make_config):
+    write_files([10, 7])
+    orders = [
+        [
+            ids_of(batch)
+            for batch in build_dataset(make_config(), mode=JobMode.EVALUATE, tasks=TASKS, seed=seed)
+        ]
+        for seed in (1, 1, 2)
+    ]
+    assert orders[0] == orders[1] != orders[2]
+
+
+def test_without_example_shuffling_rows_stay_in_row_group_order(write_files, make_config):
+    write_files([8, 8])
+    config = make_config(examples_shuffle_buffer_size=0)
+    for batch in build_dataset(config, mode=JobMode.EVALUATE, tasks=TASKS):
+        ids = ids_of(batch)
+        assert ids == list(range(ids[0], ids[0] + 4)) and ids[0] % 4 == 0
+
+
+def test_inference_keeps_every_row_in_file_order_without_labels(write_files, make_config):
+    write_files([10, 7])
+    config = make_config(preprocess={"truncate_and_slice": {"continuous_feature_truncation": 3}})
+    batches = list(build_dataset(config, mode=JobMode.INFERENCE, tasks=TASKS))
+    assert list(itertools.chain.from_iterable(map(ids_of, batches))) == list(range(17))
+    assert batches[-1].batch_size == 1
+    for batch in batches:
+        assert batch.labels.shape == (batch.batch_size, 0)
+        assert batch.weights.shape == (batch.batch_size, 0)
+        assert batch.continuous_features.shape == (batch.batch_size, 3)
+
+
+@pytest.mark.parametrize("sizes", [[5, 6, 7], [17]], ids=["files", "row_groups"])
+def test_two_ranks_read_disjoint_shares_covering_every_example(write_files, make_config, sizes):
+    write_files(sizes, row_group_size=3)
+    config = make_config(global_batch_size=4)
+    seen = []
+    for rank in (0, 1):
+        dataset = build_dataset(config, mode=JobMode.EVALUATE, tasks=TASKS, rank=rank, world_size=2)
+        assert dataset.batch_size == 2
+        seen.append(list(itertools.chain.from_iterable(map(ids_of, dataset))))
+    assert not set(seen[0]) & set(seen[1])
+    assert sorted(seen[0] + seen[1]) == list(range(sum(sizes)))
+    # Training: each rank's stream covers its own share once per epoch.
+    for rank in (0, 1):
+        dataset = build_dataset(config, mode=JobMode.TRAIN, tasks=TASKS, rank=rank, world_size=2)
+        share = dataset.rows_per_epoch
+        stream = list(itertools.chain.from_iterable(map(ids_of, take(dataset, share))))
+        assert sorted(stream[:share]) == sorted(seen[rank])
+
+
+def test_global_batch_must_divide_by_world_size(write_files, make_config):
+    write_files([4])
+    with pytest.raises(DatasetError, match=r"global_batch_size: 5 does not divide by the 2 ranks"):
+        build_dataset(
+            make_config(global_batch_size=5), mode=JobMode.TRAIN, tasks=TASKS, world_size=2
+        )
+
+
+def test_too_few_row_groups_for_the_ranks_is_an_error(write_files, make_config):
+    write_files([3], row_group_size=4)
+    with pytest.raises(DatasetError, match=r"1 row groups in all cannot be shared among 2 ranks"):
+        build_dataset(make_config(), mode=JobMode.TRAIN, tasks=TASKS, rank=0, world_size=2)
+
+
+@pytest.mark.parametrize("consumed", [1, 3, 5, 9])
+def test_resume_continues_with_the_next_unseen_batch(write_files, make_config, consumed):
+    write_files([10, 7, 6], row_group_size=3)
+    config = make_config(examples_shuffle_buffer_size=5, file_batch_size=2)
+    reference = [
+        ids_of(batch) for batch in take(build_dataset(config, mode=JobMode.TRAIN, tasks=TASKS), 14)
+    ]
+    first = build_dataset(config, mode=JobMode.TRAIN, tasks=TASKS)
+    assert [ids_of(batch) for batch in take(first, consumed)] == reference[:consumed]
+    state = first.state_dict()
+    resumed = build_dataset(config, mode=JobMode.TRAIN, tasks=TASKS)
+    resumed.load_state_dict(state)
+    assert [ids_of(batch) for batch in take(resumed, 14 - consumed)] == reference[consumed:]
+
+
+def test_state_with_pending_batches_points_before_them(write_files, make_config):
+    write_files([10, 7])
+    config = make_config()
+    reference = [
+        ids_of(batch) for batch in take(build_dataset(config, mode=JobMode.TRAIN, tasks=TASKS), 6)
+    ]
+    dataset = build_dataset(config, mode=JobMode.TRAIN, tasks=TASKS)
+    take(dataset, 4)
+    resumed = build_dataset(config, mode=JobMode.TRAIN, tasks=TASKS)
+    resumed.load_state_dict(dataset.state_dict(pending=2))
+    assert [ids_of(batch) for batch in take(resumed, 4)] == reference[2:6]
+
+
+def test_evaluation_resumes_mid_pass_and_the_next_pass_starts_over(write_files, make_config):
+    write_files([10, 7])
+    config = make_config()
+    dataset = build_dataset(config, mode=JobMode.EVALUATE, tasks=TASKS)
+    head = [ids_of(batch) for batch in take(dataset, 2)]
+    resumed = build_dataset(config, mode=JobMode.EVALUATE, tasks=TASKS)
+    resumed.load_state_dict(dataset.state_dict())
+    rest = [ids_of(batch) for batch in resumed]
+    assert sorted(itertools.chain.from_iterable(head + rest)) == list(range(17))
+    assert sorted(itertools.chain.from_iterable(map(ids_of, resumed))) == list(range(17))
+
+
+def test_state_from_another_share_is_refused(write_files, make_config):
+    write_files([10, 7])
+    state = build_dataset(
+        make_config(), mode=JobMode.TRAIN, tasks=TASKS, rank=0, world_size=2
+    ).state_dict()
+    other = build_dataset(make_config(), mode=JobMode.TRAIN, tasks=TASKS)
+    with pytest.raises(DatasetError, match=r"saved with world_size=2, this loader has 1"):
+        other.load_state_dict(state)
+
+
+def test_reader_and_batch_threads_do_not_change_the_batches(write_files, make_config):
+    write_files([10, 7, 9], row_group_size=2)
+    orders = []
+    for threads in (1, 3):
+        config = make_config(interleave_num_parallel_calls=threads, map_num_parallel_calls=threads)
+        orders.append(
+            [
+                ids_of(batch)
+                for batch in take(build_dataset(config, mode=JobMode.TRAIN, tasks=TASKS), 20)
+            ]
+        )
+    assert orders[0] == orders[1]
+
+
+def test_cache_keeps_decoded_row_groups(write_files, make_config):
+    write_files([10, 7])
+    plain = take(build_dataset(make_config(), mode=JobMode.TRAIN, tasks=TASKS), 10)
+    cached_dataset = build_dataset(make_config(cache=True), mode=JobMode.TRAIN, tasks=TASKS)
+    cached = take(cached_dataset, 10)
+    assert list(map(ids_of, plain)) == list(map(ids_of, cached))
+    assert len(cached_dataset._cache) == 5
+
+
+def test_large_embedding_ids_and_extra_features(write_files, make_config):
+    write_files([6])
+    tables = LargeEmbeddingsConfig.model_validate(
+        {
+            "tables": [{"name": "meta__user_id", "num_embeddings": 97, "embedding_dim": 4}],
+            "optimizer": {"init_learning_rate": 0.1},
+        }
+    )
+    config = make_config(
+        seg_dense_schema={"features": ["ts.served"]},
+        preprocess={
+            "extract_features": {
+                "extract_feature_table": [
+                    {"name": "disc2", "source_tensor": "discrete", "index": 2}
+                ]
+            }
+        },
+    )
+    batch = next(
+        iter(build_dataset(config, mode=JobMode.INFERENCE, tasks=TASKS, large_embeddings=tables))
+    )
+    ids = np.array(ids_of(batch))
+    assert batch.sparse_features.keys() == ["meta__user_id"]
+    assert batch.sparse_features.values().tolist() == hash_ids(ids * 7919, 97).tolist()
+    assert batch.sparse_features.lengths().tolist() == [1] * len(ids)
+    assert set(batch.extra_features) == {"meta__user_id", "meta__tweet_id", "ts.served", "disc2"}
+    assert batch.extra_features["disc2"].flatten().tolist() == (ids * 10 + 2).tolist()
+
+
+def test_large_table_needs_its_renamed_feature(write_files, make_config):
+    write_files([4])
+    tables = LargeEmbeddingsConfig.model_validate(
+        {
+            "tables": [{"name": "meta__author_id", "num_embeddings": 9, "embedding_dim": 4}],
+            "optimizer": {"init_learning_rate": 0.1},
+        }
+    )
+    with pytest.raises(
+        ValueError, match=r"tables.meta__author_id: a table reads the renamed feature"
+    ):
+        build_dataset(make_config(), mode=JobMode.TRAIN, tasks=TASKS, large_embeddings=tables)
+
+
+def test_downsample_and_rectify_in_the_loader(write_files, make_config):
+    write_files([16], row_group_size=8)
+    config = make_config(
+        examples_shuffle_buffer_size=0,
+        preprocess={
+            "downsample_negatives": {
+                "batch_multiplier": 2,
+                "engagements_list": ["label.a"],
+                "num_engagements": 2,
+            },
+            # label.a of id i is engaged at i * 2000 ms after serving: rectification with a
+            # 0.005 h (18 s) window keeps ids below 9.
+            "rectify_labels": {
+                "label_rectification_window_in_hours": 0.005,
+                "served_timestamp_field": "ts.served",
+                "impressed_timestamp_field": "ts.impressed",
+                "label_to_engaged_timestamp_field": {"label.a": "ts.engaged_a"},
+            },
+        },
+    )
+    batches = list(build_dataset(config, mode=JobMode.INFERENCE, tasks=TASKS))
+    assert [batch.batch_size for batch in batches] == [4] * 4  # no downsampling at inference
+    batches = list(build_dataset(config, mode=JobMode.EVALUATE, tasks=TASKS))
+    assert [batch.batch_size for batch in batches] == [4, 4]
+    # Each batch reads one row group of 8 rows in order; positives on label.a come first.
+    first, second = sorted(batches, key=lambda batch: min(ids_of(batch)))
+    assert ids_of(first) == [0, 3, 6, 1]
+    assert ids_of(second) == [9, 12, 15, 8]
+    # Negatives stand for the 5 read: weight (8 - 3) / (4 - 3) on every task.
+    for batch in (first, second):
+        assert batch.weights.tolist() == [[1.0, 1.0]] * 3 + [[5.0, 5.0]]
+    assert first.labels[:, 1].tolist() == [1.0, 1.0, 1.0, 0.0]
+    # Rectified after downsampling: 9, 12 and 15 were engaged too late.
+    assert second.labels[:, 1].tolist() == [0.0, 0.0, 0.0, 0.0]
+
+
+def test_nan_and_inf_pass_through_the_loader(tmp_path, make_config, schema_path):
+    (tmp_path / "data").mkdir()
+    values = rows_for(np.arange(4))
+    values["cont"][1, 2] = np.nan
+    values["cont"][2, 3] = np.inf
+    with SegDenseWriter(str(tmp_path / "data" / "x.parquet"), load_schema(schema_path)) as writer:
+        writer.write(values)
+    batch = next(iter(build_dataset(make_config(), mode=JobMode.INFERENCE, tasks=TASKS)))
+    assert torch.isnan(batch.continuous_features[1, 2]) and torch.isinf(
+        batch.continuous_features[2, 3]
+    )
+
+
+def test_no_matching_files_names_the_pattern(make_config):
+    with pytest.raises(FileSelectionError, match=r"no file matches the glob '.*\*\.parquet'"):
+        build_dataset(make_config(), mode=JobMode.TRAIN, tasks=TASKS)
+
+
+def _plain_copy(source, target, drop=None, replace=None):
+    table = pq.read_table(source)
+    if drop:
+        table = table.drop_columns([drop])
+    if replace:
+        name, column = replace
+        table = table.set_column(table.column_names.index(name), name, column)
+    pq.write_table(table.replace_schema_metadata(None), target)
+
+
+def test_file_missing_a_column_is_named(write_files, make_config, tmp_path):
+    (path,) = write_files([4], folder="source", chunk_size=100)
+    (tmp_path / "data").mkdir()
+    _plain_copy(path, tmp_path / "data" / "bad.parquet", drop="disc")
+    with pytest.raises(
+        DataFileError, match=r"bad\.parquet: column 'disc' \(feature 'disc'\) is missing"
+    ):
+        build_dataset(make_config(), mode=JobMode.TRAIN, tasks=TASKS)
+
+
+def test_file_with_a_wrong_length_is_named(write_files, make_config, tmp_path):
+    (path,) = write_files([2], folder="source", chunk_size=100)
+    (tmp_path / "data").mkdir()
+    short = pa.array([[1, 2, 3], [4, 5, 6]], pa.list_(pa.int64()))
+    _plain_copy(path, tmp_path / "data" / "bad.parquet", replace=("disc", short))
+    dataset = build_dataset(make_config(), mode=JobMode.EVALUATE, tasks=TASKS)
+    with pytest.raises(
+        DataFileError, match=r"bad\.parquet: column 'disc': row 0 .* holds 3 values, expected 4"
+    ):
+        list(dataset)
+
+
+def test_unreadable_file_fails_or_is_skipped_and_counted(write_files, make_config, tmp_path):
+    write_files([5, 6])
+    (tmp_path / "data" / "part-00002.parquet").write_bytes(b"garbage")
+    with pytest.raises(DataFileError, match=r"cannot read Parquet file .*part-00002\.parquet"):
+        build_dataset(make_config(), mode=JobMode.TRAIN, tasks=TASKS)
+    dataset = build_dataset(
+        make_config(ignore_data_errors=True), mode=JobMode.EVALUATE, tasks=TASKS
+    )
+    assert len(dataset.skipped_files) == 1 and dataset.skipped_files[0].endswith(
+        "part-00002.parquet"
+    )
+    assert sorted(itertools.chain.from_iterable(map(ids_of, dataset))) == list(range(11))
+
+
+def test_row_group_failing_at_read_time_is_skipped_when_ignoring_errors(
+    write_files, make_config, tmp_path
+):
+    (path,) = write_files([4], folder="source", row_group_size=2, chunk_size=100)
+    write_files([3])
+    # Same footer, rows of the wrong length: fails only when its row group is decoded.
+    short = pa.array([[1, 2, 3]] * 4, pa.list_(pa.int64()))
+    _plain_copy(path, tmp_path / "data" / "part-00009.parquet", replace=("disc", short))
+    dataset = build_dataset(
+        make_config(ignore_data_errors=True), mode=JobMode.EVALUATE, tasks=TASKS
+    )
+    assert sorted(itertools.chain.from_iterable(map(ids_of, dataset))) == [0, 1, 2]
+    assert dataset.skipped_row_groups == 1
