@@ -39,6 +39,11 @@ class RecapBatch(Pipelineable):
     Dense features are ``[batch, width]``. ``labels`` and ``weights`` are ``[batch, tasks]`` with
     the columns in the model's task order (labels are matched to towers by name); at inference
     they have zero columns. Optional features the config does not ask for are ``None``.
+
+    Types as the loader yields them (``preprocess.downcast`` may narrow any feature):
+    continuous and TwHIN embeddings float32, binary and discrete int64 (a dense feature the
+    config does not rename has zero columns), labels and weights float32, extra features in
+    their schema type as ``[batch, length]``, sparse ids int64 with int32 lengths.
     """
 
     continuous_features: torch.Tensor

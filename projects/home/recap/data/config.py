@@ -221,7 +221,9 @@ class RecapDataConfig(BaseConfig):
         None, description="tf.data service address; not supported (each rank reads Parquet)."
     )
     ignore_data_errors: bool = Field(
-        False, description="Skip (and count) unreadable files instead of failing."
+        False,
+        description="Skip (log and count) unreadable or non-conforming files and row groups "
+        "instead of failing.",
     )
     dataset_service_compression: DdsCompressionOption | None = Field(
         None,
@@ -229,13 +231,19 @@ class RecapDataConfig(BaseConfig):
         "effect and is accepted only so original configs load.",
     )
     examples_shuffle_buffer_size: pydantic.NonNegativeInt = Field(
-        1024, description="Size of the example shuffle buffer (0: no example shuffling)."
+        1024,
+        description="Examples shuffled together: consecutive row groups are gathered until they "
+        "hold at least this many rows, which are then permuted (0: no example shuffling).",
     )
     map_num_parallel_calls: pydantic.PositiveInt | None = Field(
-        None, description="Threads decoding batches (default: automatic)."
+        None,
+        description="Threads turning decoded rows into batches (preprocess steps, embedding ids) "
+        "ahead of the trainer (default: 1).",
     )
     interleave_num_parallel_calls: pydantic.PositiveInt | None = Field(
-        None, description="Threads reading files (default: automatic)."
+        None,
+        description="Threads reading and decoding row groups in parallel (default: the number "
+        "of CPUs, at most 4).",
     )
     seg_dense_schema: SegDenseSchema = Field(description="Schema and feature selection.")
     tasks: dict[str, TaskData] = Field(

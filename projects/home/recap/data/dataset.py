@@ -311,12 +311,16 @@ class RecapDataset(torch.utils.data.IterableDataset):
             windows.append(_Window(epoch, len(windows), start, tuple(current)))
         return windows
 
-    def _read_unit(self, unit: _Unit) -> Arrays | None:
+    def _read_unit_into(self, unit: _Unit, out: Arrays, destination: slice | np.ndarray) -> bool:
+        """Decodes a row group into ``out[destination]``; False when it was skipped."""
+        data_file = self._files[unit.file]
         key = (unit.file, unit.row_group)
-        if key in self._cache:
-            return self._cache[key]
         try:
-            arrays = self._files[unit.file].read(unit.row_group)
+            if not self.config.cache:
+                data_file.read_into(unit.row_group, out, destination)
+                return True
+            if key not in self._cache:
+                self._cache[key] = data_file.read(unit.row_group)
         except DataFileError as error:
             if not self.config.ignore_data_errors:
                 raise
@@ -326,35 +330,34 @@ class RecapDataset(torch.utils.data.IterableDataset):
                 error,
                 self.skipped_row_groups,
             )
-            return None
-        if self.config.cache:
-            self._cache[key] = arrays
-        return arrays
+            return False
+        for name, values in self._cache[key].items():
+            out[name][destination] = values
+        return True
 
     def _read_window(self, window: _Window) -> Arrays:
-        parts = [part for unit in window.units if (part := self._read_unit(unit)) is not None]
-        if not parts:
-            return {}
-        if not self._shuffle or self.config.examples_shuffle_buffer_size == 0:
-            if len(parts) == 1:
-                return parts[0]
-            return {name: np.concatenate([part[name] for part in parts]) for name in parts[0]}
-        rows = sum(len(next(iter(part.values()))) for part in parts)
-        rng = np.random.default_rng(
-            [self.seed, window.epoch, self.rank, self.world_size, window.index]
-        )
-        # destination[i] is where source row i lands: one scatter per part, no concatenation.
-        destination = rng.permutation(rows)
-        result = {}
-        for name, first in parts[0].items():
-            out = np.empty((rows, *first.shape[1:]), dtype=first.dtype)
-            start = 0
-            for part in parts:
-                count = len(part[name])
-                out[destination[start : start + count]] = part[name]
-                start += count
-            result[name] = out
-        return result
+        """The window's rows, permuted when shuffling; decoded straight into their places."""
+        rows = window.rows
+        out = self._files[window.units[0].file].allocate(rows)
+        shuffle = self._shuffle and self.config.examples_shuffle_buffer_size > 0
+        if shuffle:
+            rng = np.random.default_rng(
+                [self.seed, window.epoch, self.rank, self.world_size, window.index]
+            )
+            # destination[i] is where the window's i-th row lands.
+            destination = rng.permutation(rows)
+        missing = None
+        start = 0
+        for unit in window.units:
+            stop = start + unit.rows
+            where = destination[start:stop] if shuffle else slice(start, stop)
+            if not self._read_unit_into(unit, out, where):
+                missing = np.zeros(rows, dtype=bool) if missing is None else missing
+                missing[where] = True
+            start = stop
+        if missing is not None:
+            out = {name: values[~missing] for name, values in out.items()}
+        return out
 
     def _segments(self, epoch: int, offset: int) -> Iterator[_Segment]:
         """The stream of rows from a position on; forever when training."""

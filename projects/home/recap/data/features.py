@@ -184,6 +184,10 @@ def plan_features(
             raise SchemaError(f"{where}: no feature of that name is read")
         _check_dtype(exposed[name], FeatureDtype.FLOAT_LIST, where, schema)
 
+    if not exposed:
+        raise SchemaError(
+            "seg_dense_schema: neither renamed_features nor features names a feature to read"
+        )
     lengths = {name: spec.length for name, spec in exposed.items()}
     truncate = (
         TruncateAndSliceStep(preprocess.truncate_and_slice, lengths)

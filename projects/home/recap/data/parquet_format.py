@@ -78,6 +78,12 @@ class WriteOptions:
     compression_level: int | None = 1
     row_group_size: int = 2048
     chunk_size: int = 512
+    # Measured (docs/data.md): dictionary pages do not pay on dense numeric features, while
+    # byte_stream_split makes float columns smaller and faster to decode.
+    use_dictionary: bool = False
+    # "floats": float columns only (readable by any pyarrow >= 15); "all": integers too (needs
+    # a reader with Parquet 2.11 support, pyarrow >= 17); "none".
+    byte_stream_split: str = "floats"
     # feature name -> extra cut points (e.g. the config's truncation points).
     split_points: Mapping[str, Sequence[int]] = dataclasses.field(default_factory=dict)
 
@@ -135,6 +141,26 @@ def arrow_schema(schema: SegDenseSchema, layout: Layout) -> pa.Schema:
     return pa.schema(fields, metadata={METADATA_KEY: json.dumps(metadata).encode()})
 
 
+def _byte_stream_split_columns(schema: pa.Schema, which: str) -> list[str]:
+    """Parquet column paths to encode with byte_stream_split (nested lists need the leaf path)."""
+    kinds = {
+        "none": lambda value_type: False,
+        "floats": pa.types.is_floating,
+        "all": lambda value_type: (
+            pa.types.is_floating(value_type) or pa.types.is_integer(value_type)
+        ),
+    }
+    if which not in kinds:
+        raise ValueError(f"byte_stream_split must be one of {sorted(kinds)}, got {which!r}")
+    paths = []
+    for field in schema:
+        nested = pa.types.is_list(field.type) or pa.types.is_fixed_size_list(field.type)
+        value_type = field.type.value_type if nested else field.type
+        if kinds[which](value_type):
+            paths.append(f"{field.name}.list.element" if nested else field.name)
+    return paths
+
+
 class SegDenseWriter:
     """Writes records of a schema into one Parquet file.
 
@@ -154,8 +180,10 @@ class SegDenseWriter:
             self._arrow_schema,
             compression=options.compression,
             compression_level=options.compression_level,
-            # Measured: dictionary pages do not pay on dense numeric features (docs/data.md).
-            use_dictionary=False,
+            use_dictionary=options.use_dictionary,
+            use_byte_stream_split=_byte_stream_split_columns(
+                self._arrow_schema, options.byte_stream_split
+            ),
             write_statistics=False,
         )
         self.num_rows = 0
@@ -350,12 +378,34 @@ class DataFile:
                 f"{where}: values of type {value_type} do not match schema dtype {spec.dtype}"
             )
 
+    def allocate(self, rows: int) -> dict[str, np.ndarray]:
+        """Uninitialised output arrays for ``rows`` rows of every feature read."""
+        return {
+            read.spec.name: np.empty((rows, read.width), dtype=read.spec.numpy_dtype)
+            for read in self._reads
+        }
+
     def read(self, row_group: int) -> dict[str, np.ndarray]:
         """Decodes one row group: feature name -> ``[rows, width]`` array of the schema dtype.
 
         Raises:
             DataFileError: naming the file and column when the data is unreadable, holds nulls
                 or rows of the wrong length.
+        """
+        rows = self.row_group_rows[row_group]
+        out = self.allocate(rows)
+        self.read_into(row_group, out, slice(0, rows))
+        return out
+
+    def read_into(
+        self, row_group: int, out: dict[str, np.ndarray], destination: slice | np.ndarray
+    ) -> None:
+        """Decodes one row group into rows ``destination`` of ``out`` (from :meth:`allocate`).
+
+        Writing straight into the caller's (e.g. shuffled) positions saves a copy of every value.
+
+        Raises:
+            DataFileError: as :meth:`read`.
         """
         try:
             parquet = pq.ParquetFile(self.path, metadata=self._metadata)
@@ -365,14 +415,11 @@ class DataFile:
                 f"cannot read row group {row_group} of Parquet file {self.path}: {error}"
             ) from None
         rows = table.num_rows
-        result = {}
         for read in self._reads:
-            out = np.empty((rows, read.width), dtype=read.spec.numpy_dtype)
+            target = out[read.spec.name]
             for item in self._plans[read.spec.name]:
                 values = self._column_values(table.column(item.chunk.column), item.chunk, rows)
-                out[:, item.target] = values[:, item.local]
-            result[read.spec.name] = out
-        return result
+                target[destination, item.target] = values[:, item.local]
 
     def _column_values(self, column: pa.ChunkedArray, chunk: ColumnChunk, rows: int) -> np.ndarray:
         where = f"{self.path}: column '{chunk.column}'"

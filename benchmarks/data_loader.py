@@ -1,0 +1,362 @@
+"""Throughput and memory of the Parquet loader, beside the raw Parquet read of the same columns.
+
+    .venv/bin/python benchmarks/data_loader.py [--num_examples 20000] [--workers 2 4] [--formats]
+
+Writes production-shaped synthetic data (local_prod.yaml: 6000 continuous values truncated to
+2117, 512 binary to 59, 320 discrete, three 200-wide TwHIN embeddings, 10 trained labels) and
+prints, at batch 512:
+
+* the raw read: pyarrow decoding the loader's columns into numpy, nothing else (the ceiling);
+* the loader with one reader and one batch thread, then with N reader threads;
+* torch DataLoader worker processes (each reading its own share), for comparison;
+* peak resident memory of each run, and of a run over one file only (memory must not grow with
+  the dataset);
+* with --formats, file size and raw read rate of alternative layouts and codecs.
+
+Every figure comes from its own subprocess, so peak memory is that run's alone. Compare ratios
+within one run: the machine is shared, absolute rates move with its load.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import glob
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import pyarrow.parquet as pq  # noqa: E402
+import torch  # noqa: E402
+
+from projects.home.recap.config import JobMode, RecapConfig  # noqa: E402
+from projects.home.recap.data.dataset import build_dataset  # noqa: E402
+from projects.home.recap.data.generate_random_data import generate_dataset  # noqa: E402
+from projects.home.recap.data.parquet_format import WriteOptions  # noqa: E402
+from tml.core.config import load_config_from_yaml  # noqa: E402
+
+CONFIG = ROOT / "projects/home/recap/config/local_prod.yaml"
+BATCH = 512
+WARMUP_BATCHES = 3
+# Each figure is the best of this many timed repetitions inside its process: other work on a
+# shared machine only ever slows a run down.
+REPEATS = 3
+
+
+def _config(data_dir: str, overrides: list[str]) -> RecapConfig:
+    return load_config_from_yaml(
+        RecapConfig,
+        CONFIG,
+        [
+            f"train_data.inputs={data_dir}/*.parquet",
+            f"train_data.global_batch_size={BATCH}",
+            *overrides,
+        ],
+    )
+
+
+def _current_rss_mib() -> float:
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+class _RssSampler:
+    """Highest resident memory seen while timed work runs (sampled every 2 ms)."""
+
+    def __init__(self) -> None:
+        self.peak = _current_rss_mib()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+
+    def _sample(self) -> None:
+        while not self._stop.wait(0.002):
+            self.peak = max(self.peak, _current_rss_mib())
+
+    def __enter__(self) -> _RssSampler:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+def _result(rates: list[float], baseline: float, sampler: _RssSampler) -> dict:
+    return {
+        "examples_per_s": max(rates),
+        "peak_rss_mib": sampler.peak,
+        "baseline_rss_mib": baseline,
+    }
+
+
+def measure_raw(data_dir: str, use_threads: bool) -> dict:
+    """pyarrow decoding the loader's columns of every row group into numpy arrays."""
+    config = _config(data_dir, [])
+    dataset = build_dataset(config.train_data, mode=JobMode.TRAIN, tasks=list(config.model.tasks))
+    columns = dataset._files[0].columns
+    baseline = _current_rss_mib()
+    rates = []
+    with _RssSampler() as sampler:
+        for _ in range(REPEATS):
+            rates.append(_raw_pass(data_dir, columns, use_threads))
+    return _result(rates, baseline, sampler)
+
+
+def _raw_pass(data_dir: str, columns: list[str], use_threads: bool) -> float:
+    rows = 0
+    start = time.perf_counter()
+    for path in sorted(glob.glob(f"{data_dir}/*.parquet")):
+        parquet = pq.ParquetFile(path)
+        for row_group in range(parquet.num_row_groups):
+            table = parquet.read_row_group(row_group, columns=columns, use_threads=use_threads)
+            for column in table.columns:
+                array = column.combine_chunks()
+                values = array.flatten() if hasattr(array, "flatten") else array
+                values.to_numpy(zero_copy_only=False)
+            rows += table.num_rows
+    return rows / (time.perf_counter() - start)
+
+
+def measure_loader(data_dir: str, batches: int, overrides: list[str]) -> dict:
+    """The loader in training mode: ``batches`` batches after a short warm-up."""
+    config = _config(data_dir, overrides)
+    dataset = build_dataset(
+        config.train_data, mode=JobMode.TRAIN, tasks=list(config.model.tasks), seed=1
+    )
+    baseline = _current_rss_mib()
+    with _RssSampler() as sampler:
+        rates = _timed_batches(iter(dataset), batches, WARMUP_BATCHES)
+    return _result(rates, baseline, sampler)
+
+
+def _timed_batches(iterator, batches: int, warmup: int) -> list[float]:
+    for _ in range(warmup):
+        next(iterator)
+    rates = []
+    for _ in range(REPEATS):
+        start = time.perf_counter()
+        rows = sum(next(iterator).batch_size for _ in range(batches))
+        rates.append(rows / (time.perf_counter() - start))
+    return rates
+
+
+class _WorkerShare(torch.utils.data.IterableDataset):
+    """Each DataLoader worker process reads its own share, as a rank would."""
+
+    def __init__(self, data_dir: str):
+        self.data_dir = data_dir
+
+    def __iter__(self):
+        info = torch.utils.data.get_worker_info()
+        # Each worker yields whole batches of BATCH examples.
+        config = _config(
+            self.data_dir,
+            [
+                f"train_data.global_batch_size={BATCH * info.num_workers}",
+                "train_data.interleave_num_parallel_calls=1",
+                "train_data.map_num_parallel_calls=1",
+            ],
+        )
+        dataset = build_dataset(
+            config.train_data,
+            mode=JobMode.TRAIN,
+            tasks=list(config.model.tasks),
+            rank=info.id,
+            world_size=info.num_workers,
+        )
+        return iter(dataset)
+
+
+def measure_processes(data_dir: str, batches: int, workers: int) -> dict:
+    """torch DataLoader worker processes, batches pickled back through shared memory."""
+    loader = torch.utils.data.DataLoader(
+        _WorkerShare(data_dir), batch_size=None, num_workers=workers, prefetch_factor=2
+    )
+    baseline = _current_rss_mib()
+    with _RssSampler() as sampler:
+        rates = _timed_batches(iter(loader), batches, WARMUP_BATCHES * workers)
+    return _result(rates, baseline, sampler)
+
+
+FORMATS = {
+    # name -> WriteOptions fields ("cut": add the config's truncation points as split points).
+    "one fixed_size_list per feature": {"chunk_size": 10**6, "cut": False},
+    "cut at the truncation points only": {"chunk_size": 10**6},
+    "chunks of 512 + cuts (default)": {},
+    "chunks of 256 + cuts": {"chunk_size": 256},
+    "chunks of 1024 + cuts": {"chunk_size": 1024},
+    "uncompressed": {"compression": "none", "compression_level": None},
+    "snappy": {"compression": "snappy", "compression_level": None},
+    "lz4": {"compression": "lz4", "compression_level": None},
+    "zstd level 3": {"compression_level": 3},
+    "no byte_stream_split": {"byte_stream_split": "none"},
+    "byte_stream_split on integers too": {"byte_stream_split": "all"},
+    "dictionary pages": {"use_dictionary": True},
+    "row groups of 512": {"row_group_size": 512},
+    "row groups of 8192": {"row_group_size": 8192},
+}
+
+
+def write_data(directory: str, num_examples: int, num_files: int, fields: dict) -> None:
+    config = _config(directory, [])
+    fields = dict(fields)
+    cut = fields.pop("cut", True)
+    points = {}
+    if cut:
+        renamed = config.train_data.seg_dense_schema.renamed_features
+        points = {renamed["continuous"]: [2117], renamed["binary"]: [59]}
+    options = WriteOptions(split_points=points, **fields)
+    generate_dataset(
+        config.train_data,
+        directory,
+        num_examples=num_examples,
+        num_files=num_files,
+        seed=0,
+        options=options,
+        progress=False,
+    )
+
+
+def _run(*arguments: str) -> dict:
+    """Runs one measurement in a fresh process and returns its JSON result."""
+    output = subprocess.run(
+        [sys.executable, __file__, "--measure", *arguments],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout
+    return json.loads(output.strip().splitlines()[-1])
+
+
+def _measure_main(arguments: list[str]) -> None:
+    kind, data_dir, *rest = arguments
+    if kind == "raw":
+        result = measure_raw(data_dir, use_threads=rest[0] == "threads")
+    elif kind == "loader":
+        result = measure_loader(data_dir, int(rest[0]), rest[1:])
+    elif kind == "processes":
+        result = measure_processes(data_dir, int(rest[0]), int(rest[1]))
+    else:
+        raise SystemExit(f"unknown measurement {kind}")
+    print(json.dumps(result))
+
+
+@dataclasses.dataclass
+class _Line:
+    label: str
+    result: dict
+
+    def show(self, reference: float) -> str:
+        rate = self.result["examples_per_s"]
+        return (
+            f"  {self.label:<52} {rate:>9,.0f} ex/s  {rate / reference:6.2f}x raw  "
+            f"peak {self.result['peak_rss_mib']:>6,.0f} MiB "
+            f"(+{self.result['peak_rss_mib'] - self.result['baseline_rss_mib']:,.0f} over start)"
+        )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--num_examples", type=int, default=20_000)
+    parser.add_argument("--num_files", type=int, default=4)
+    parser.add_argument("--workers", type=int, nargs="*", default=[2, 4])
+    parser.add_argument("--data_dir", help="Reuse data written by an earlier run.")
+    parser.add_argument("--formats", action="store_true", help="Also compare on-disk formats.")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory(prefix="tml_bench_") as scratch:
+        data_dir = args.data_dir or os.path.join(scratch, "data")
+        if not glob.glob(f"{data_dir}/*.parquet"):
+            print(f"writing {args.num_examples} production-shaped examples to {data_dir} ...")
+            start = time.perf_counter()
+            write_data(data_dir, args.num_examples, args.num_files, {})
+            elapsed = time.perf_counter() - start
+            print(f"  {args.num_examples / elapsed:,.0f} ex/s written")
+        files = sorted(glob.glob(f"{data_dir}/*.parquet"))
+        examples = sum(pq.read_metadata(path).num_rows for path in files)
+        size = sum(os.path.getsize(path) for path in files)
+        batches = max(16, examples // BATCH)
+        print(
+            f"\n{examples} examples in {len(files)} files, {size / examples:,.0f} bytes/example; "
+            f"batch {BATCH}, best of {REPEATS} runs of {batches} batches; process peaks (for "
+            "DataLoader workers: the main process only)\n"
+        )
+        raw = _Line("raw pyarrow read, same columns, 1 thread", _run("raw", data_dir, "single"))
+        reference = raw.result["examples_per_s"]
+        lines = [
+            raw,
+            _Line(
+                "raw pyarrow read, same columns, arrow threads", _run("raw", data_dir, "threads")
+            ),
+        ]
+        single = [
+            "train_data.interleave_num_parallel_calls=1",
+            "train_data.map_num_parallel_calls=1",
+        ]
+        lines.append(
+            _Line(
+                "loader, 1 reader + 1 batch thread", _run("loader", data_dir, str(batches), *single)
+            )
+        )
+        for workers in args.workers:
+            threads = [
+                f"train_data.interleave_num_parallel_calls={workers}",
+                "train_data.map_num_parallel_calls=1",
+            ]
+            lines.append(
+                _Line(
+                    f"loader, {workers} reader threads + 1 batch thread",
+                    _run("loader", data_dir, str(batches), *threads),
+                )
+            )
+        for workers in args.workers:
+            lines.append(
+                _Line(
+                    f"torch DataLoader, {workers} worker processes",
+                    _run("processes", data_dir, str(batches), str(workers)),
+                )
+            )
+        lines.append(
+            _Line(
+                "loader, 1 file only (memory vs dataset size)",
+                _run("loader", data_dir, str(batches), *single, "train_data.num_files_to_keep=1"),
+            )
+        )
+        print("\n".join(line.show(reference) for line in lines))
+        print("\nReference (issue 3, same schema, one process): TFRecord + tf.data ~4,300 ex/s.")
+        if args.formats:
+            _compare_formats(scratch, min(args.num_examples, 8192))
+
+
+def _compare_formats(scratch: str, num_examples: int) -> None:
+    print(f"\non-disk formats, {num_examples} examples, raw read of the loader's columns:")
+    for name, fields in FORMATS.items():
+        directory = os.path.join(scratch, "format")
+        for path in glob.glob(f"{directory}/*.parquet"):
+            os.remove(path)
+        start = time.perf_counter()
+        write_data(directory, num_examples, 1, fields)
+        written = num_examples / (time.perf_counter() - start)
+        size = sum(os.path.getsize(p) for p in glob.glob(f"{directory}/*.parquet")) / num_examples
+        result = _run("raw", directory, "single")
+        print(
+            f"  {name:<50} {size:>7,.0f} B/ex  read {result['examples_per_s']:>8,.0f} ex/s  "
+            f"generate+write {written:>7,.0f} ex/s"
+        )
+
+
+if __name__ == "__main__":
+    if len(sys.argv) > 1 and sys.argv[1] == "--measure":
+        _measure_main(sys.argv[2:])
+    else:
+        main()
