@@ -1,3 +1,4 @@
+import copy
 import math
 import textwrap
 
@@ -8,7 +9,7 @@ from projects.home.recap.config import RecapConfig
 from projects.home.recap.data.batch import FeatureWidths
 from projects.home.recap.model.config import module_key
 from projects.home.recap.model.embeddings import is_large_embedding_parameter
-from projects.home.recap.model.ranking_model import build_ranking_model
+from projects.home.recap.model.ranking_model import build_ranking_model, compile_dense
 from tml.core.config import load_config_from_yaml
 
 FAV, REPLY = "recap.engagement.is_favorited", "recap.engagement.is_replied"
@@ -308,3 +309,14 @@ def test_production_shaped_model_has_the_analytic_parameter_count():
         linear(2048, 256) + linear(256, 128) + linear(128, 1)
     )  # towers, BN affine off
     assert sum(p.numel() for p in model.parameters()) == expected == 48_115_108
+
+
+def test_compiled_dense_model_trains_like_eager_with_the_same_names(recap):
+    model = recap.build(MODELS["mask_net_parallel_backbone"])
+    compiled = copy.deepcopy(model)
+    compile_dense(compiled.model)
+    assert [n for n, _ in compiled.named_parameters()] == [n for n, _ in model.named_parameters()]
+    batch = recap.make_batch()
+    eager_losses = recap.train(model, batch, steps=3)
+    compiled_losses = recap.train(compiled, batch, steps=3)
+    torch.testing.assert_close(compiled_losses, eager_losses, rtol=1e-4, atol=1e-5)
