@@ -238,6 +238,11 @@ class RecapDataset(torch.utils.data.IterableDataset):
             digest.update(f"{self._files[unit.file].path}:{unit.row_group}:{unit.rows};".encode())
         return digest.hexdigest()[:16]
 
+    @property
+    def columns_read(self) -> list[str]:
+        """The Parquet columns this loader decodes (of every file, first seen first)."""
+        return list(dict.fromkeys(c for data_file in self._files for c in data_file.columns))
+
     # ----------------------------------------------------------------------------- state
     def state_dict(self, pending: int = 0) -> dict[str, Any]:
         """The position to resume from.
@@ -457,7 +462,10 @@ class RecapDataset(torch.utils.data.IterableDataset):
         )
 
     def __iter__(self) -> Iterator[RecapBatch]:
-        """Batches from the current position; the position advances as each is handed out."""
+        """Batches from the current position; the position advances as each is handed out.
+
+        Use one iterator at a time: each starts at the shared position and advances it.
+        """
         raw_batches = self._raw_batches(self._epoch, self._offset)
 
         def make(raw: _RawBatch) -> tuple[RecapBatch, tuple[int, int]]:
@@ -470,7 +478,7 @@ class RecapDataset(torch.utils.data.IterableDataset):
             lookahead=self._mappers + 1,
             name="recap-batch",
         ):
-            if offset >= self._epoch_rows(epoch):
+            if offset >= self.rows_per_epoch:
                 epoch, offset = epoch + 1, 0
             self._epoch, self._offset = epoch, offset
             self._history.append((epoch, offset))
@@ -480,10 +488,6 @@ class RecapDataset(torch.utils.data.IterableDataset):
             # next pass.
             self._epoch, self._offset = self._epoch + 1, 0
             self._history.append((self._epoch, self._offset))
-
-    def _epoch_rows(self, epoch: int) -> int:
-        del epoch  # Every epoch has the same rows, in a different order.
-        return self.rows_per_epoch
 
 
 def build_dataset(

@@ -61,7 +61,7 @@ def test_only_needed_columns_are_read(write_files, make_config):
     write_files([3])
     config = make_config(preprocess={"truncate_and_slice": {"continuous_feature_truncation": 4}})
     dataset = build_dataset(config, mode=JobMode.TRAIN, tasks=["label.a"])
-    assert set(dataset._files[0].columns) == {
+    assert set(dataset.columns_read) == {
         "cont[0:5]",
         "bin[0:5]",
         "bin[5:6]",
