@@ -10,8 +10,10 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Sequence
 
+import numpy as np
+
 from projects.home.recap.data.batch import TWHIN_EMBEDDINGS, FeatureWidths
-from projects.home.recap.data.config import RecapDataConfig
+from projects.home.recap.data.config import RecapDataConfig, RectifyLabels
 from projects.home.recap.data.parquet_format import FeatureRead
 from projects.home.recap.data.preprocess import TruncateAndSliceStep
 from projects.home.recap.data.schema import (
@@ -77,6 +79,162 @@ def _check_dtype(
         )
 
 
+class _Planner:
+    """Collects the features a config reads, checking each name once."""
+
+    def __init__(self, config: RecapDataConfig, schema: SegDenseSchema):
+        self.config = config
+        self.schema = schema
+        self.steps = config.preprocess
+        # Schema feature -> spec, for everything read; schema feature -> names it is exposed as.
+        self.specs: dict[str, FeatureSpec] = {}
+        self.names: dict[str, list[str]] = {}
+        # Exposed name -> spec.
+        self.exposed: dict[str, FeatureSpec] = {}
+
+    def expose(self, schema_name: str, name: str, where: str) -> FeatureSpec:
+        spec = self.schema.get(schema_name, where=where)
+        _check_dense(spec, where, self.schema)
+        if name in self.exposed and self.exposed[name].name != schema_name:
+            raise SchemaError(f"{where}: the name '{name}' is already used for another feature")
+        self.specs[schema_name] = spec
+        self.exposed[name] = spec
+        if name not in self.names.setdefault(schema_name, []):
+            self.names[schema_name].append(name)
+        return spec
+
+    def expose_configured(self) -> None:
+        dense = self.config.seg_dense_schema
+        for name, schema_name in dense.renamed_features.items():
+            where = f"seg_dense_schema.renamed_features.{name}"
+            spec = self.expose(schema_name, name, where)
+            if name in DENSE_FEATURES:
+                _check_dtype(spec, DENSE_FEATURES[name], where, self.schema)
+        for index, schema_name in enumerate(dense.features):
+            self.expose(schema_name, schema_name, f"seg_dense_schema.features[{index}]")
+        if not self.exposed:
+            raise SchemaError(
+                "seg_dense_schema: neither renamed_features nor features names a feature to read"
+            )
+        for name in dense.mask_mantissa_features:
+            where = f"seg_dense_schema.mask_mantissa_features.{name}"
+            if name not in self.exposed:
+                raise SchemaError(f"{where}: no feature of that name is read")
+            _check_dtype(self.exposed[name], FeatureDtype.FLOAT_LIST, where, self.schema)
+
+    def check_large_tables(self, large_embeddings: LargeEmbeddingsConfig | None) -> None:
+        for table in large_embeddings.tables if large_embeddings else []:
+            where = f"model.large_embeddings.tables.{table.name}"
+            if table.name not in self.config.seg_dense_schema.renamed_features:
+                raise SchemaError(
+                    f"{where}: a table reads the renamed feature of its name, which "
+                    "seg_dense_schema.renamed_features does not define"
+                )
+            _check_dtype(self.exposed[table.name], FeatureDtype.INT64_LIST, where, self.schema)
+
+    def labels(self, tasks: Sequence[str], with_labels: bool) -> list[str]:
+        """The labels read: the model's, and those the label steps name (none at inference)."""
+        for task in tasks:
+            if task not in self.config.tasks:
+                raise SchemaError(f"tasks: model task '{task}' is not among this dataset's tasks")
+        if not with_labels:
+            return []
+        labels = list(tasks)
+        if self.steps is not None and self.steps.downsample_negatives is not None:
+            step = self.steps.downsample_negatives
+            if step.num_engagements != len(tasks):
+                raise SchemaError(
+                    f"preprocess.downsample_negatives.num_engagements: {step.num_engagements}, "
+                    f"but the model trains {len(tasks)} tasks"
+                )
+            labels += step.engagements_list
+        if self.steps is not None and self.steps.rectify_labels is not None:
+            labels += list(self.steps.rectify_labels.label_to_engaged_timestamp_field)
+            self._expose_timestamps(self.steps.rectify_labels)
+        labels = list(dict.fromkeys(labels))
+        for label in labels:
+            spec = self.schema.get(label, where=f"tasks.{label}")
+            _check_dense(spec, f"tasks.{label}", self.schema)
+            if spec.length != 1:
+                raise SchemaError(
+                    f"tasks.{label}: a label holds one value; '{label}' has length {spec.length} "
+                    f"in schema file {self.schema.path}"
+                )
+            self.specs[label] = spec
+        return labels
+
+    def _expose_timestamps(self, step: RectifyLabels) -> None:
+        fields = {
+            "served_timestamp_field": step.served_timestamp_field,
+            "impressed_timestamp_field": step.impressed_timestamp_field,
+            **{
+                f"label_to_engaged_timestamp_field.{label}": field
+                for label, field in step.label_to_engaged_timestamp_field.items()
+            },
+        }
+        for key, field in fields.items():
+            if field not in self.exposed:
+                self.expose(field, field, f"preprocess.rectify_labels.{key}")
+            if self.exposed[field].length != 1:
+                raise SchemaError(
+                    f"preprocess.rectify_labels.{key}: '{field}' must hold one timestamp, it "
+                    f"has length {self.exposed[field].length}"
+                )
+
+    def truncation(self) -> tuple[dict[str, int], dict[str, np.ndarray]]:
+        """Widths after truncate_and_slice by exposed name, and the kept columns by schema
+        feature."""
+        widths = {name: spec.length for name, spec in self.exposed.items()}
+        if self.steps is None or self.steps.truncate_and_slice is None:
+            return widths, {}
+        truncate = TruncateAndSliceStep(self.steps.truncate_and_slice, dict(widths))
+        selections = {}
+        for name in TruncateAndSliceStep.FIELDS:
+            selection = truncate.selection(name)
+            if selection is None:
+                continue
+            schema_name = self.exposed[name].name
+            if len(self.names[schema_name]) > 1:
+                raise SchemaError(
+                    f"seg_dense_schema: '{schema_name}' is read as {self.names[schema_name]}; a "
+                    "truncated feature must be read under one name"
+                )
+            widths[name] = len(selection)
+            selections[schema_name] = selection
+        return widths, selections
+
+    def check_downcast(self) -> None:
+        if self.steps is None or self.steps.downcast is None:
+            return
+        for name in self.steps.downcast.features:
+            if name not in self.exposed:
+                raise SchemaError(
+                    f"preprocess.downcast.features.{name}: no feature of that name is read "
+                    f"(read: {', '.join(self.exposed)})"
+                )
+
+    def extracted(self, widths: dict[str, int], labels: list[str]) -> list[str]:
+        """Names extract_features adds, checked against the features read."""
+        if self.steps is None or self.steps.extract_features is None:
+            return []
+        names: list[str] = []
+        for index, row in enumerate(self.steps.extract_features.extract_feature_table):
+            where = f"preprocess.extract_features.extract_feature_table[{index}]"
+            if row.source_tensor not in self.exposed:
+                raise SchemaError(
+                    f"{where}.source_tensor: no feature '{row.source_tensor}' is read"
+                )
+            if row.index >= widths[row.source_tensor]:
+                raise SchemaError(
+                    f"{where}.index: {row.index} is past the {widths[row.source_tensor]} columns "
+                    f"of '{row.source_tensor}' after truncate_and_slice"
+                )
+            if row.name in self.exposed or row.name in names or row.name in labels:
+                raise SchemaError(f"{where}.name: '{row.name}' is already a feature name")
+            names.append(row.name)
+        return names
+
+
 def plan_features(
     config: RecapDataConfig,
     *,
@@ -99,163 +257,31 @@ def plan_features(
             feature.
         PreprocessError: for a preprocess step that does not fit the features.
     """
-    dense = config.seg_dense_schema
-    schema = schema or load_schema(dense.schema_path)
-    specs: dict[str, FeatureSpec] = {}
-    names: dict[str, list[str]] = {}
-    exposed: dict[str, FeatureSpec] = {}
-
-    def expose(schema_name: str, name: str, where: str) -> FeatureSpec:
-        spec = schema.get(schema_name, where=where)
-        _check_dense(spec, where, schema)
-        if name in exposed and exposed[name].name != schema_name:
-            raise SchemaError(f"{where}: the name '{name}' is already used for another feature")
-        specs[schema_name] = spec
-        exposed[name] = spec
-        if name not in names.setdefault(schema_name, []):
-            names[schema_name].append(name)
-        return spec
-
-    for name, schema_name in dense.renamed_features.items():
-        where = f"seg_dense_schema.renamed_features.{name}"
-        spec = expose(schema_name, name, where)
-        if name in DENSE_FEATURES:
-            _check_dtype(spec, DENSE_FEATURES[name], where, schema)
-    for index, schema_name in enumerate(dense.features):
-        expose(schema_name, schema_name, f"seg_dense_schema.features[{index}]")
-
-    for table in large_embeddings.tables if large_embeddings else []:
-        where = f"model.large_embeddings.tables.{table.name}"
-        if table.name not in dense.renamed_features:
-            raise SchemaError(
-                f"{where}: a table reads the renamed feature of its name, which "
-                "seg_dense_schema.renamed_features does not define"
-            )
-        _check_dtype(exposed[table.name], FeatureDtype.INT64_LIST, where, schema)
-
-    for task in tasks:
-        if task not in config.tasks:
-            raise SchemaError(f"tasks: model task '{task}' is not among this dataset's tasks")
-    preprocess = config.preprocess
-    labels: list[str] = []
-    if with_labels:
-        labels = list(tasks)
-        if preprocess is not None and preprocess.downsample_negatives is not None:
-            step = preprocess.downsample_negatives
-            if step.num_engagements != len(tasks):
-                raise SchemaError(
-                    f"preprocess.downsample_negatives.num_engagements: {step.num_engagements}, "
-                    f"but the model trains {len(tasks)} tasks"
-                )
-            labels += step.engagements_list
-        if preprocess is not None and preprocess.rectify_labels is not None:
-            step_config = preprocess.rectify_labels
-            labels += list(step_config.label_to_engaged_timestamp_field)
-            fields = {
-                "served_timestamp_field": step_config.served_timestamp_field,
-                "impressed_timestamp_field": step_config.impressed_timestamp_field,
-                **{
-                    f"label_to_engaged_timestamp_field.{label}": field
-                    for label, field in step_config.label_to_engaged_timestamp_field.items()
-                },
-            }
-            for key, field in fields.items():
-                if field not in exposed:
-                    expose(field, field, f"preprocess.rectify_labels.{key}")
-                if exposed[field].length != 1:
-                    raise SchemaError(
-                        f"preprocess.rectify_labels.{key}: '{field}' must hold one timestamp, "
-                        f"it has length {exposed[field].length}"
-                    )
-        labels = list(dict.fromkeys(labels))
-        for label in labels:
-            spec = schema.get(label, where=f"tasks.{label}")
-            _check_dense(spec, f"tasks.{label}", schema)
-            if spec.length != 1:
-                raise SchemaError(
-                    f"tasks.{label}: a label holds one value; '{label}' has length {spec.length} "
-                    f"in schema file {schema.path}"
-                )
-            specs[label] = spec
-
-    for name in dense.mask_mantissa_features:
-        where = f"seg_dense_schema.mask_mantissa_features.{name}"
-        if name not in exposed:
-            raise SchemaError(f"{where}: no feature of that name is read")
-        _check_dtype(exposed[name], FeatureDtype.FLOAT_LIST, where, schema)
-
-    if not exposed:
-        raise SchemaError(
-            "seg_dense_schema: neither renamed_features nor features names a feature to read"
-        )
-    lengths = {name: spec.length for name, spec in exposed.items()}
-    truncate = (
-        TruncateAndSliceStep(preprocess.truncate_and_slice, lengths)
-        if preprocess is not None and preprocess.truncate_and_slice is not None
-        else None
-    )
-    widths = dict(lengths)
-    selections = {}
-    for name in TruncateAndSliceStep.FIELDS:
-        selection = truncate.selection(name) if truncate is not None else None
-        if selection is not None:
-            widths[name] = len(selection)
-            selections[exposed[name].name] = selection
-
-    if preprocess is not None and preprocess.downcast is not None:
-        for name in preprocess.downcast.features:
-            if name not in exposed:
-                raise SchemaError(
-                    f"preprocess.downcast.features.{name}: no feature of that name is read "
-                    f"(read: {', '.join(exposed)})"
-                )
-    extracted: list[str] = []
-    if preprocess is not None and preprocess.extract_features is not None:
-        for index, row in enumerate(preprocess.extract_features.extract_feature_table):
-            where = f"preprocess.extract_features.extract_feature_table[{index}]"
-            if row.source_tensor not in exposed:
-                raise SchemaError(
-                    f"{where}.source_tensor: no feature '{row.source_tensor}' is read"
-                )
-            if row.index >= widths[row.source_tensor]:
-                raise SchemaError(
-                    f"{where}.index: {row.index} is past the {widths[row.source_tensor]} columns "
-                    f"of '{row.source_tensor}' after truncate_and_slice"
-                )
-            if row.name in exposed or row.name in extracted or row.name in labels:
-                raise SchemaError(f"{where}.name: '{row.name}' is already a feature name")
-            extracted.append(row.name)
-
-    reads = []
-    for schema_name, spec in specs.items():
-        if schema_name in names and schema_name in selections:
-            # Only a schema feature exposed under one name can be read narrowed.
-            if len(names[schema_name]) > 1:
-                raise SchemaError(
-                    f"seg_dense_schema: '{schema_name}' is read as {names[schema_name]}; a "
-                    "truncated feature must be read under one name"
-                )
-            reads.append(FeatureRead(spec, selections[schema_name]))
-        else:
-            reads.append(FeatureRead(spec))
-    extras = [name for name in exposed if name not in DENSE_FEATURES] + extracted
-    feature_widths = FeatureWidths(
-        continuous=widths.get("continuous", 0),
-        binary=widths.get("binary", 0),
-        discrete=widths.get("discrete", 0),
-        embeddings={name: widths[name] for name in TWHIN_EMBEDDINGS if name in widths},
-    )
+    planner = _Planner(config, schema or load_schema(config.seg_dense_schema.schema_path))
+    planner.expose_configured()
+    planner.check_large_tables(large_embeddings)
+    labels = planner.labels(tasks, with_labels)
+    lengths = {name: spec.length for name, spec in planner.exposed.items()}
+    widths, selections = planner.truncation()
+    planner.check_downcast()
+    extracted = planner.extracted(widths, labels)
+    reads = [FeatureRead(spec, selections.get(name)) for name, spec in planner.specs.items()]
     return FeaturePlan(
-        schema=schema,
+        schema=planner.schema,
         reads=tuple(reads),
-        names={key: tuple(value) for key, value in names.items()},
+        names={key: tuple(value) for key, value in planner.names.items()},
         labels=tuple(labels),
-        extras=tuple(extras),
-        sparse_tables=tuple(
-            table.name for table in (large_embeddings.tables if large_embeddings else [])
-        ),
+        extras=tuple([name for name in planner.exposed if name not in DENSE_FEATURES] + extracted),
+        sparse_tables=tuple(table.name for table in large_embeddings.tables)
+        if large_embeddings
+        else (),
         lengths=lengths,
-        widths=feature_widths,
+        widths=FeatureWidths(
+            continuous=widths.get("continuous", 0),
+            binary=widths.get("binary", 0),
+            discrete=widths.get("discrete", 0),
+            embeddings={name: widths[name] for name in TWHIN_EMBEDDINGS if name in widths},
+        ),
     )
 
 

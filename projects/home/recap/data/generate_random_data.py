@@ -355,6 +355,8 @@ def generate_dataset(
         raise GenerationError("--num_examples and --num_files must be positive")
     if num_files > num_examples:
         raise GenerationError(f"cannot spread {num_examples} examples over {num_files} files")
+    if options is not None and options.row_group_size < 1:
+        raise GenerationError(f"--row_group_size must be positive, got {options.row_group_size}")
     schema = load_schema(data_config.seg_dense_schema.schema_path)
     roles = _roles(data_config)
     labels = [name for name in data_config.tasks if name in schema]
@@ -362,6 +364,10 @@ def generate_dataset(
     if options is None:
         options = WriteOptions(split_points=_split_points(data_config, roles))
     os.makedirs(output_dir, exist_ok=True)
+    ours = {f"part-{index:05d}.parquet" for index in range(num_files)}
+    others = sorted(set(os.listdir(output_dir)) - ours)
+    if any(name.endswith(".parquet") for name in others):
+        logger.warning("%s holds other .parquet files, which a glob will read too", output_dir)
     # Partitions drawn with one seed still differ: the output folder is mixed into the seed.
     rng = np.random.default_rng([seed, zlib.crc32(os.path.abspath(output_dir).encode())])
     paths = []
