@@ -239,6 +239,17 @@ class RecapDataset(torch.utils.data.IterableDataset):
         return digest.hexdigest()[:16]
 
     @property
+    def batches_per_pass(self) -> int:
+        """Batches a whole pass yields in EVALUATE or INFERENCE mode, the partial last one
+        included (fewer when ignore_data_errors skips row groups).
+
+        Ranks' shares can differ, and so can their counts: before an evaluation that runs
+        collectives per batch, agree on a count (e.g. the all-reduced minimum).
+        """
+        rows = self.batch_size * self.preprocessor.batch_multiplier
+        return -(-self.rows_per_epoch // rows)
+
+    @property
     def columns_read(self) -> list[str]:
         """The Parquet columns this loader decodes (of every file, first seen first)."""
         return list(dict.fromkeys(c for data_file in self._files for c in data_file.columns))

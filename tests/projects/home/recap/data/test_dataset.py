@@ -124,6 +124,9 @@ def test_two_ranks_read_disjoint_shares_covering_every_example(write_files, make
         dataset = build_dataset(config, mode=JobMode.EVALUATE, tasks=TASKS, rank=rank, world_size=2)
         assert dataset.batch_size == 2
         seen.append(list(itertools.chain.from_iterable(map(ids_of, dataset))))
+    for rank in (0, 1):
+        dataset = build_dataset(config, mode=JobMode.EVALUATE, tasks=TASKS, rank=rank, world_size=2)
+        assert dataset.batches_per_pass == len(list(dataset))
     assert not set(seen[0]) & set(seen[1])
     assert sorted(seen[0] + seen[1]) == list(range(sum(sizes)))
     # Training: each rank's stream covers its own share once per epoch.
