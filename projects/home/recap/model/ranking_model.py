@@ -63,6 +63,31 @@ class DenseRankingModel(nn.Module):
         self.return_backbone = return_backbone
         _check_discrete_columns(config, widths)
 
+        layout = self._build_input(config, data_config, widths)
+        self.in_features = layout.width
+        self.multi_task_type = config.multi_task_type
+        self.backbone = None
+        tower_layout = layout
+        if config.backbone is not None:
+            self.backbone = build_task_network(config.backbone, layout)
+            backbone_width = self.backbone.out_features
+            tower_layout = (
+                InputLayout(backbone_width)
+                if config.multi_task_type == MultiTaskType.SHARE_ALL
+                else layout.widened(backbone_width)
+            )
+        self.towers = nn.ModuleDict(
+            {
+                module_key(task): Tower(build_task_network(tower, tower_layout), tower.affine_map)
+                for task, tower in config.tasks.items()
+            }
+        )
+        self.calibration = NumericCalibration(calibration_log_ratios(self.task_names, data_config))
+
+    def _build_input(
+        self, config: ModelConfig, data_config: RecapDataConfig, widths: FeatureWidths
+    ) -> InputLayout:
+        """Builds the modules that assemble the input; returns its layout."""
         self.featurization = build_featurization(config.featurization_config, widths, data_config)
         width = self.featurization.out_features
         embedding_segments = []
@@ -99,31 +124,12 @@ class DenseRankingModel(nn.Module):
             embedding_segments.append((width, self.position_debias.out_features))
             width += self.position_debias.out_features
 
-        layout = InputLayout(width, tuple(embedding_segments))
-        self.multi_task_type = config.multi_task_type
-        self.backbone = None
-        tower_layout = layout
-        if config.backbone is not None:
-            self.backbone = build_task_network(config.backbone, layout)
-            backbone_width = self.backbone.out_features
-            tower_layout = (
-                InputLayout(backbone_width)
-                if config.multi_task_type == MultiTaskType.SHARE_ALL
-                else layout.widened(backbone_width)
-            )
-        self.in_features = layout.width
-        self.towers = nn.ModuleDict(
-            {
-                module_key(task): Tower(build_task_network(tower, tower_layout), tower.affine_map)
-                for task, tower in config.tasks.items()
-            }
-        )
-        self.calibration = NumericCalibration(calibration_log_ratios(self.task_names, data_config))
         self.needs_discrete = (
             self.small_embeddings is not None
             or self.position_debias is not None
             or "discrete" in self.featurization.concat
         )
+        return InputLayout(width, tuple(embedding_segments))
 
     def forward(
         self,
