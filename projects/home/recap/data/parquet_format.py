@@ -409,6 +409,8 @@ class DataFile:
         """
         try:
             parquet = pq.ParquetFile(self.path, metadata=self._metadata)
+            # One thread per row group: the loader runs several readers, and a fixed thread
+            # count keeps its CPU use predictable next to the trainer.
             table = parquet.read_row_group(row_group, columns=self._columns, use_threads=False)
         except (OSError, pa.ArrowException) as error:
             raise DataFileError(
