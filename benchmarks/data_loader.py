@@ -94,9 +94,24 @@ class _RssSampler:
         self._thread.join()
 
 
-def _result(rates: list[float], baseline: float, sampler: _RssSampler) -> dict:
+class _Timer:
+    """Wall time and this process's CPU time (all its threads) of one timed run."""
+
+    def __enter__(self) -> _Timer:
+        self._wall, self._cpu = time.perf_counter(), time.process_time()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.wall = time.perf_counter() - self._wall
+        self.cpu = time.process_time() - self._cpu
+
+
+def _result(runs: list[tuple[int, _Timer]], baseline: float, sampler: _RssSampler) -> dict:
     return {
-        "examples_per_s": max(rates),
+        "examples_per_s": max(rows / timer.wall for rows, timer in runs),
+        # CPU cost is steadier than wall time on a busy machine (NaN where work runs in
+        # other processes).
+        "cpu_us_per_example": min(timer.cpu / rows for rows, timer in runs) * 1e6,
         "peak_rss_mib": sampler.peak,
         "baseline_rss_mib": baseline,
     }
@@ -108,16 +123,14 @@ def measure_raw(data_dir: str, use_threads: bool) -> dict:
     dataset = build_dataset(config.train_data, mode=JobMode.TRAIN, tasks=list(config.model.tasks))
     columns = dataset.columns_read
     baseline = _current_rss_mib()
-    rates = []
     with _RssSampler() as sampler:
-        for _ in range(REPEATS):
-            rates.append(_raw_pass(data_dir, columns, use_threads))
-    return _result(rates, baseline, sampler)
+        runs = [_raw_pass(data_dir, columns, use_threads) for _ in range(REPEATS)]
+    return _result(runs, baseline, sampler)
 
 
-def _raw_pass(data_dir: str, columns: list[str], use_threads: bool) -> float:
+def _raw_pass(data_dir: str, columns: list[str], use_threads: bool) -> tuple[int, _Timer]:
     rows = 0
-    start = time.perf_counter()
+    timer = _Timer().__enter__()
     for path in sorted(glob.glob(f"{data_dir}/*.parquet")):
         parquet = pq.ParquetFile(path)
         for row_group in range(parquet.num_row_groups):
@@ -127,7 +140,8 @@ def _raw_pass(data_dir: str, columns: list[str], use_threads: bool) -> float:
                 values = array.flatten() if hasattr(array, "flatten") else array
                 values.to_numpy(zero_copy_only=False)
             rows += table.num_rows
-    return rows / (time.perf_counter() - start)
+    timer.__exit__()
+    return rows, timer
 
 
 def measure_loader(data_dir: str, batches: int, overrides: list[str]) -> dict:
@@ -138,19 +152,19 @@ def measure_loader(data_dir: str, batches: int, overrides: list[str]) -> dict:
     )
     baseline = _current_rss_mib()
     with _RssSampler() as sampler:
-        rates = _timed_batches(iter(dataset), batches, WARMUP_BATCHES)
-    return _result(rates, baseline, sampler)
+        runs = _timed_batches(iter(dataset), batches, WARMUP_BATCHES)
+    return _result(runs, baseline, sampler)
 
 
-def _timed_batches(iterator, batches: int, warmup: int) -> list[float]:
+def _timed_batches(iterator, batches: int, warmup: int) -> list[tuple[int, _Timer]]:
     for _ in range(warmup):
         next(iterator)
-    rates = []
+    runs = []
     for _ in range(REPEATS):
-        start = time.perf_counter()
-        rows = sum(next(iterator).batch_size for _ in range(batches))
-        rates.append(rows / (time.perf_counter() - start))
-    return rates
+        with _Timer() as timer:
+            rows = sum(next(iterator).batch_size for _ in range(batches))
+        runs.append((rows, timer))
+    return runs
 
 
 class _WorkerShare(torch.utils.data.IterableDataset):
@@ -187,8 +201,9 @@ def measure_processes(data_dir: str, batches: int, workers: int) -> dict:
     )
     baseline = _current_rss_mib()
     with _RssSampler() as sampler:
-        rates = _timed_batches(iter(loader), batches, WARMUP_BATCHES * workers)
-    return _result(rates, baseline, sampler)
+        runs = _timed_batches(iter(loader), batches, WARMUP_BATCHES * workers)
+    result = _result(runs, baseline, sampler)
+    return {**result, "cpu_us_per_example": float("nan")}
 
 
 FORMATS = {
@@ -271,14 +286,16 @@ iterator = iter(dataset)
 steps = max(8, limit // batch)
 for _ in range(3):
     next(iterator)
-rates = []
+rates, costs = [], []
 for _ in range(repeats):
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), time.process_time()
     for _ in range(steps):
         {name: value.numpy() for name, value in next(iterator).items()}
     rates.append(steps * batch / (time.perf_counter() - start))
+    costs.append((time.process_time() - cpu) / (steps * batch) * 1e6)
 nan = float("nan")
-print(json.dumps({"examples_per_s": max(rates), "peak_rss_mib": nan, "baseline_rss_mib": nan}))
+result = {"examples_per_s": max(rates), "cpu_us_per_example": min(costs)}
+print(json.dumps({**result, "peak_rss_mib": nan, "baseline_rss_mib": nan}))
 """
 
 
@@ -354,7 +371,9 @@ class _Line:
 
     def show(self, reference: float) -> str:
         rate = self.result["examples_per_s"]
-        line = f"  {self.label:<52} {rate:>9,.0f} ex/s  {rate / reference:6.2f}x raw"
+        cpu = self.result["cpu_us_per_example"]
+        line = f"  {self.label:<48} {rate:>8,.0f} ex/s {rate / reference:5.2f}x raw"
+        line += f"  {cpu:5.1f} CPU us/ex" if cpu == cpu else " " * 16
         peak, baseline = self.result["peak_rss_mib"], self.result["baseline_rss_mib"]
         if peak == peak:  # not NaN
             line += f"  peak {peak:>6,.0f} MiB (+{peak - baseline:,.0f} over start)"
