@@ -29,6 +29,7 @@ import dataclasses
 import hashlib
 import logging
 import os
+import threading
 from collections.abc import Iterator, Sequence
 from typing import Any
 
@@ -172,6 +173,7 @@ class RecapDataset(torch.utils.data.IterableDataset):
         )
         self.skipped_files: list[str] = []
         self.skipped_row_groups = 0
+        self._skip_lock = threading.Lock()
         self._files, self._units = self._open_share(select_files(config))
         self.rows_per_epoch = sum(unit.rows for unit in self._units)
         self._fingerprint = self._compute_fingerprint()
@@ -340,7 +342,8 @@ class RecapDataset(torch.utils.data.IterableDataset):
         except DataFileError as error:
             if not self.config.ignore_data_errors:
                 raise
-            self.skipped_row_groups += 1
+            with self._skip_lock:  # reader threads count concurrently
+                self.skipped_row_groups += 1
             logger.warning(
                 "ignore_data_errors: skipping %s (%d row groups skipped)",
                 error,
