@@ -23,6 +23,7 @@ import argparse
 import dataclasses
 import functools
 import glob
+import importlib.util
 import json
 import os
 import subprocess
@@ -168,10 +169,19 @@ def _timed_batches(iterator, batches: int, warmup: int) -> list[tuple[int, _Time
 
 
 class _WorkerShare(torch.utils.data.IterableDataset):
-    """Each DataLoader worker process reads its own share, as a rank would."""
+    """Each DataLoader worker process reads its own share, as a rank would; its state is the
+    share's loader state (what torchdata's StatefulDataLoader snapshots)."""
 
     def __init__(self, data_dir: str):
         self.data_dir = data_dir
+        self.dataset = None
+        self.restored: dict | None = None
+
+    def state_dict(self) -> dict:
+        return self.dataset.state_dict() if self.dataset is not None else {}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.restored = state or None
 
     def __iter__(self):
         info = torch.utils.data.get_worker_info()
@@ -184,19 +194,27 @@ class _WorkerShare(torch.utils.data.IterableDataset):
                 "train_data.map_num_parallel_calls=1",
             ],
         )
-        dataset = build_dataset(
+        self.dataset = build_dataset(
             config.train_data,
             mode=JobMode.TRAIN,
             tasks=list(config.model.tasks),
             rank=info.id,
             world_size=info.num_workers,
         )
-        return iter(dataset)
+        if self.restored is not None:
+            self.dataset.load_state_dict(self.restored)
+        return iter(self.dataset)
 
 
-def measure_processes(data_dir: str, batches: int, workers: int) -> dict:
-    """torch DataLoader worker processes, batches pickled back through shared memory."""
-    loader = torch.utils.data.DataLoader(
+def measure_processes(data_dir: str, batches: int, workers: int, stateful: bool) -> dict:
+    """DataLoader worker processes, batches pickled back through shared memory; ``stateful``:
+    torchdata's StatefulDataLoader, which also snapshots every worker's state each batch."""
+    loader_type = torch.utils.data.DataLoader
+    if stateful:
+        from torchdata.stateful_dataloader import StatefulDataLoader
+
+        loader_type = StatefulDataLoader
+    loader = loader_type(
         _WorkerShare(data_dir), batch_size=None, num_workers=workers, prefetch_factor=2
     )
     baseline = _current_rss_mib()
@@ -357,8 +375,8 @@ def _measure_main(arguments: list[str]) -> None:
         result = measure_raw(data_dir, use_threads=rest[0] == "threads")
     elif kind == "loader":
         result = measure_loader(data_dir, int(rest[0]), rest[1:])
-    elif kind == "processes":
-        result = measure_processes(data_dir, int(rest[0]), int(rest[1]))
+    elif kind in ("processes", "stateful"):
+        result = measure_processes(data_dir, int(rest[0]), int(rest[1]), kind == "stateful")
     else:
         raise SystemExit(f"unknown measurement {kind}")
     print(json.dumps(result))
@@ -437,6 +455,11 @@ def main() -> None:
             runs[f"torch DataLoader, {workers} worker processes"] = functools.partial(
                 _run, "processes", data_dir, str(batches), str(workers)
             )
+        if importlib.util.find_spec("torchdata") is not None:
+            for workers in args.workers:
+                runs[f"torchdata StatefulDataLoader, {workers} processes"] = functools.partial(
+                    _run, "stateful", data_dir, str(batches), str(workers)
+                )
         runs["loader, 1 file only (memory vs dataset size)"] = functools.partial(
             _run, "loader", data_dir, str(batches), *single, "train_data.num_files_to_keep=1"
         )
