@@ -30,10 +30,25 @@ from typing import Any
 
 import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
+from torch.distributed.checkpoint._nested_dict import flatten_state_dict
+from torch.distributed.checkpoint.default_planner import (
+    DefaultLoadPlanner,
+    create_default_local_load_plan,
+)
+from torch.distributed.checkpoint.planner import LoadPlan
+
+from tml.checkpoint.staging import SnapshotStager
+from tml.core.errors import UserInputError
 
 logger = logging.getLogger(__name__)
 
 COMPLETE_MARKER = "COMPLETE"
+
+
+class CheckpointMismatchError(UserInputError):
+    """A checkpoint does not hold what the job needs to load from it."""
+
+
 _STEP_FOLDER = re.compile(r"^step_(\d+)$")
 
 
@@ -99,6 +114,7 @@ class CheckpointManager:
         self._rank = rank
         self._async_save = async_save
         self._pending: tuple[int, Future] | None = None
+        self._stager = SnapshotStager()
         # Background writes run collectives; a group of their own keeps them from interleaving
         # with the training loop's collectives on the default group.
         self._group = dist.new_group(backend="gloo", timeout=datetime.timedelta(hours=1))
@@ -135,7 +151,10 @@ class CheckpointManager:
             _write_json(folder / f"rank_{self._rank}.json", dict(rank_state))
         if self._async_save:
             future = dcp.async_save(
-                _without_empty_containers(state), checkpoint_id=folder, process_group=self._group
+                _without_empty_containers(state),
+                checkpoint_id=folder,
+                process_group=self._group,
+                async_stager=self._stager,
             )
             # Newer torch returns a response holding separate staging and upload futures.
             future = getattr(future, "upload_completion", future)
@@ -212,10 +231,44 @@ def load_checkpoint(
     if not is_complete(folder):
         raise FileNotFoundError(f"{folder} is not a complete checkpoint")
     loadable = _without_empty_containers(state)
-    dcp.load(loadable, checkpoint_id=folder)
+    _check_keys(folder, loadable)
+    dcp.load(loadable, checkpoint_id=folder, planner=_LoadPlanner())
     _copy_leaves(loadable, state)
     rank_file = folder / f"rank_{rank}.json"
     return json.loads(rank_file.read_text()) if rank_file.is_file() else None
+
+
+class _LoadPlanner(DefaultLoadPlanner):
+    """The default planner without its guess at pre-2.4 checkpoint keys.
+
+    It guesses an old format whenever this rank asks for fewer keys than the checkpoint holds,
+    which is always the case for a table-wise sharded table placed on another rank (this rank
+    holds none of it), and then fails on keys that were fine. Only current checkpoints are read.
+    """
+
+    def create_local_plan(self) -> LoadPlan:
+        return create_default_local_load_plan(
+            self.state_dict, self.metadata, not self.allow_partial_load
+        )
+
+
+def _check_keys(folder: Path, state: Mapping[str, Any]) -> None:
+    """Fails with the missing names when the checkpoint lacks something ``state`` asks for.
+
+    (torch.distributed.checkpoint would otherwise guess an old format and report a confusing
+    key.)
+    """
+    saved = set(dcp.FileSystemReader(folder).read_metadata().state_dict_metadata)
+    wanted = set(flatten_state_dict(dict(state))[0])
+    missing = sorted(wanted - saved)
+    if missing:
+        shown = ", ".join(missing[:5]) + (
+            f" and {len(missing) - 5} more" if len(missing) > 5 else ""
+        )
+        raise CheckpointMismatchError(
+            f"checkpoint {folder} has no {shown}: it was written for a different model or "
+            "optimizer configuration"
+        )
 
 
 def _without_empty_containers(state: Mapping[str, Any]) -> dict[str, Any]:

@@ -10,6 +10,13 @@ import warnings
 _QUIET_LOGGERS = ("torchrec", "torch.distributed", "fbgemm_gpu")
 
 
+def _quiet_library_records(record: logging.LogRecord) -> bool:
+    # fbgemm logs its kernel set-up through the root logger, so the logger name cannot tell it
+    # apart; the source file can.
+    library = any(f"/{name.split('.')[0]}/" in record.pathname for name in _QUIET_LOGGERS)
+    return record.levelno >= logging.WARNING or not library
+
+
 def setup_logging(rank: int = 0, level: int = logging.INFO) -> None:
     """Logs to stderr, one line per record, prefixed with the rank.
 
@@ -17,6 +24,7 @@ def setup_logging(rank: int = 0, level: int = logging.INFO) -> None:
     one copy of each progress line.
     """
     handler = logging.StreamHandler(sys.stderr)
+    handler.addFilter(_quiet_library_records)
     handler.setFormatter(
         logging.Formatter(
             f"%(asctime)s [rank {rank}] %(levelname)s %(name)s: %(message)s", "%H:%M:%S"

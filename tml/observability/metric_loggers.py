@@ -26,13 +26,21 @@ class MetricLogger(Protocol):
 
 
 class ConsoleLogger:
-    """One log line per call: ``step 100 | loss 0.3412 | lr/backbone 0.0001 | ...``."""
+    """One log line per call: ``step 100 | loss 0.3412 | examples_per_second 5120 | ...``.
 
-    def __init__(self, prefix: str = "") -> None:
+    Args:
+        prefix: Starts each line, e.g. "[train] ".
+        shown: Which metric names the line holds (the files get all of them); default all.
+    """
+
+    def __init__(self, prefix: str = "", shown: Callable[[str], bool] | None = None) -> None:
         self._prefix = prefix
+        self._shown = shown or (lambda name: True)
 
     def log(self, step: int, metrics: Mapping[str, float]) -> None:
-        fields = " | ".join(f"{name} {_format(value)}" for name, value in metrics.items())
+        fields = " | ".join(
+            f"{name} {_format(value)}" for name, value in metrics.items() if self._shown(name)
+        )
         logger.info("%sstep %d | %s", self._prefix, step, fields)
 
     def close(self) -> None:
@@ -96,10 +104,12 @@ class MetricLoggers:
             metric_logger.close()
 
 
-_BACKENDS: dict[str, Callable[[Path, str], MetricLogger]] = {
-    "console": lambda directory, name: ConsoleLogger(prefix=f"[{name}] " if name else ""),
-    "jsonl": lambda directory, name: JsonlLogger(directory / f"{name or 'metrics'}.jsonl"),
-    "tensorboard": lambda directory, name: TensorBoardLogger(directory / "tensorboard" / name),
+_BACKENDS: dict[str, Callable[[Path, str, Callable[[str], bool] | None], MetricLogger]] = {
+    "console": lambda directory, name, shown: ConsoleLogger(f"[{name}] " if name else "", shown),
+    "jsonl": lambda directory, name, shown: JsonlLogger(directory / f"{name or 'metrics'}.jsonl"),
+    "tensorboard": lambda directory, name, shown: TensorBoardLogger(
+        directory / "tensorboard" / name
+    ),
 }
 
 
@@ -109,6 +119,7 @@ def build_metric_loggers(
     name: str = "",
     is_main: bool = True,
     backends: Iterable[str] = ("console", "jsonl", "tensorboard"),
+    console_shows: Callable[[str], bool] | None = None,
 ) -> MetricLoggers:
     """Loggers writing under ``directory``; ``name`` separates streams (e.g. "train", "eval").
 
@@ -117,6 +128,7 @@ def build_metric_loggers(
         name: Stream name, used in file names and the console prefix.
         is_main: Only the main rank writes; other ranks get no loggers.
         backends: Any of "console", "jsonl", "tensorboard".
+        console_shows: Which metric names the console line holds (default: all).
     """
     if not is_main:
         return MetricLoggers([])
@@ -125,7 +137,9 @@ def build_metric_loggers(
         raise ValueError(
             f"unknown metric logger backends {unknown}; choose from {sorted(_BACKENDS)}"
         )
-    return MetricLoggers(_BACKENDS[backend](Path(directory), name) for backend in backends)
+    return MetricLoggers(
+        _BACKENDS[backend](Path(directory), name, console_shows) for backend in backends
+    )
 
 
 def _format(value: float) -> str:

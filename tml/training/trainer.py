@@ -109,6 +109,11 @@ class Trainer:
         step = self.checkpoints.latest_step()
         if step is None:
             return False
+        # Optimizer state is created lazily by the first step; loading in place needs it now.
+        # (A step on zero gradients changes no parameter, and the loaded state replaces its own.)
+        init_state = getattr(self.optimizer, "init_state", None)
+        if init_state is not None:
+            init_state()
         state = self.state_dict()
         rank_state = self.checkpoints.load(state, step)
         self._load_state(state)

@@ -89,7 +89,57 @@ class TrainingConfig(BaseConfig):
         3600.0, description="How long a separate evaluator waits for a new checkpoint."
     )
     gradient_accumulation: pydantic.PositiveInt | None = Field(
-        None, description="Micro-batches whose gradients are summed into one optimizer step."
+        None,
+        description="Micro-batches of global_batch_size whose gradients are summed into one "
+        "optimizer step. Large tables are then replicated (data_parallel): torchrec's sharded "
+        "tables are updated inside every backward pass and cannot accumulate.",
+    )
+    bf16_autocast: bool = Field(
+        False,
+        description="Run the forward pass under bfloat16 autocast; weights, gradients and "
+        "optimizer state stay float32.",
+    )
+    seed: int = Field(
+        0, description="Seed of parameter initialisation, data shuffling and dropout."
+    )
+
+
+# The published April 2023 weights of the serving score, by training label.
+PUBLISHED_RANKING_WEIGHTS: dict[str, float] = {
+    "recap.engagement.is_favorited": 0.5,
+    "recap.engagement.is_retweeted": 1.0,
+    "recap.engagement.is_replied": 13.5,
+    "recap.engagement.is_profile_clicked_and_profile_engaged": 12.0,
+    "recap.engagement.is_video_playback_50": 0.005,
+    "recap.engagement.is_replied_reply_engaged_by_author": 75.0,
+    "recap.engagement.is_good_clicked_convo_desc_favorited_or_replied": 11.0,
+    "recap.engagement.is_good_clicked_convo_desc_v2": 10.0,
+    "recap.engagement.is_negative_feedback_v2": -74.0,
+    "recap.engagement.is_report_tweet_clicked": -369.0,
+}
+
+
+class InferenceConfig(BaseConfig):
+    """What ``--mode inference`` scores, with which weights, and where the predictions go."""
+
+    data: str | None = Field(
+        None,
+        description="Name of the validation_data partition to score (null: the first one).",
+    )
+    checkpoint: str | None = Field(
+        None,
+        description="Checkpoint folder, or a save_dir, whose weights score (null: the newest "
+        "checkpoint in training.save_dir).",
+    )
+    output_dir: str | None = Field(
+        None,
+        description="Folder for the Parquet predictions, one file per rank (null: "
+        "<save_dir>/predictions/step_<step>).",
+    )
+    ranking_weights: dict[str, float] | None = Field(
+        None,
+        description="Task -> weight of its calibrated probability in the ranking score (null: "
+        "the published April 2023 weights of the model tasks that have one).",
     )
 
 
@@ -103,6 +153,9 @@ class RecapConfig(BaseConfig):
         {}, description="Named evaluation partitions."
     )
     optimizer: RecapOptimizerConfig = Field(description="Optimizer and learning rates.")
+    inference: InferenceConfig = Field(
+        InferenceConfig(), description="Inference mode: data, checkpoint, score weights, output."
+    )
     which_metrics: MetricSet | None = Field(
         None,
         description="Metric set computed per evaluated task at evaluation (null: all): "
@@ -157,6 +210,56 @@ class RecapConfig(BaseConfig):
                 "the model has a backbone, so it needs a backbone learning rate",
                 (*where, "backbone_learning_rate"),
             )
+        return self
+
+    @pydantic.model_validator(mode="after")
+    def _check_inference(self) -> RecapConfig:
+        data = self.inference.data
+        if data is not None and data not in self.validation_data:
+            raise ConfigValueError(
+                f"'{data}' is not a validation_data partition "
+                f"(partitions: {sorted(self.validation_data)})",
+                ("inference", "data"),
+            )
+        for task in self.inference.ranking_weights or {}:
+            if task not in self.model.tasks:
+                raise ConfigValueError(
+                    "ranking weight for a task the model does not predict",
+                    ("inference", "ranking_weights", task),
+                )
+        return self
+
+    def ranking_weights(self) -> dict[str, float]:
+        """Task -> weight of the ranking score: the configured ones, else the published ones."""
+        if self.inference.ranking_weights is not None:
+            return dict(self.inference.ranking_weights)
+        return {
+            task: weight
+            for task, weight in PUBLISHED_RANKING_WEIGHTS.items()
+            if task in self.model.tasks
+        }
+
+    @pydantic.model_validator(mode="after")
+    def _check_accumulation_placement(self) -> RecapConfig:
+        # torchrec's model-parallel tables only have fused kernels, which update a table inside
+        # every backward pass; only replicated tables can sum gradients over micro-batches.
+        large = self.model.large_embeddings
+        if (self.training.gradient_accumulation or 1) == 1 or large is None:
+            return self
+        for index, table in enumerate(large.tables):
+            where = ("model", "large_embeddings", "tables", index)
+            if table.sharding_types is not None and "data_parallel" not in table.sharding_types:
+                raise ConfigValueError(
+                    "gradient accumulation needs replicated tables (data_parallel): sharded "
+                    "tables are updated inside every backward pass; allow data_parallel or "
+                    "drop training.gradient_accumulation",
+                    (*where, "sharding_types"),
+                )
+            if table.compute_kernels is not None and "dense" not in table.compute_kernels:
+                raise ConfigValueError(
+                    "gradient accumulation needs the dense kernel of replicated tables",
+                    (*where, "compute_kernels"),
+                )
         return self
 
     @pydantic.model_validator(mode="after")

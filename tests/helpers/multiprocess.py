@@ -1,0 +1,59 @@
+"""Run a function on N local ranks over Gloo, as torchrun would, and collect the results."""
+
+from __future__ import annotations
+
+import os
+import pickle
+import socket
+import traceback
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch.multiprocessing as mp
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _worker(rank: int, world_size: int, port: int, function: Callable, args: tuple, out: str):
+    os.environ.update(
+        MASTER_ADDR="127.0.0.1",
+        MASTER_PORT=str(port),
+        RANK=str(rank),
+        WORLD_SIZE=str(world_size),
+        LOCAL_RANK=str(rank),
+        LOCAL_WORLD_SIZE=str(world_size),
+        OMP_NUM_THREADS="1",
+    )
+    try:
+        result = function(*args)
+    except BaseException:
+        Path(out, f"error_{rank}.txt").write_text(traceback.format_exc())
+        raise
+    with open(Path(out, f"result_{rank}.pkl"), "wb") as file:
+        pickle.dump(result, file)
+
+
+def run_on_ranks(
+    function: Callable[..., Any], world_size: int, *args: Any, workdir: Path
+) -> list[Any]:
+    """``function(*args)`` on ``world_size`` processes joined by torchrun-style environment
+    variables; returns each rank's result. ``function`` must be importable (module level)."""
+    out = Path(workdir) / f"ranks_{free_port()}"
+    out.mkdir(parents=True)
+    try:
+        mp.spawn(
+            _worker, args=(world_size, free_port(), function, args, str(out)), nprocs=world_size
+        )
+    except Exception as error:
+        details = "\n".join(p.read_text() for p in sorted(out.glob("error_*.txt")))
+        raise AssertionError(f"a rank failed:\n{details}") from error
+    results = []
+    for rank in range(world_size):
+        with open(out / f"result_{rank}.pkl", "rb") as file:
+            results.append(pickle.load(file))
+    return results

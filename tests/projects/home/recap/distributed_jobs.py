@@ -1,0 +1,180 @@
+"""A tiny ranker job fed fixed batches, for multi-process training tests.
+
+Every global step's examples are a deterministic function of their row numbers, so a job on two
+ranks, on one rank, or with gradient accumulation sees exactly the same examples per optimizer
+step, only split differently.
+"""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any
+
+import torch
+from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
+
+from projects.home.recap.config import RecapConfig
+from projects.home.recap.data.batch import RecapBatch
+from projects.home.recap.data.features import feature_widths
+from projects.home.recap.model.model_and_loss import build_model_and_loss
+from projects.home.recap.training import run_training
+from tml.checkpoint import checkpoint_folder, load_checkpoint
+from tml.core.config import apply_override
+from tml.distributed import distributed_environment
+from tml.observability.logging import setup_logging
+
+REPO = Path(__file__).resolve().parents[4]
+SCHEMA = REPO / "projects/home/recap/config/home_recap_2022/segdense.json"
+TASKS = [
+    "recap.engagement.is_favorited",
+    "recap.engagement.is_replied",
+    "recap.engagement.is_retweeted",
+]
+TABLES = {"meta__user_id": 50, "meta__author_id": 40}
+_RAMP = {"linear_ramp_to_constant": {"learning_rate": 0.01, "num_ramp_steps": 2}}
+
+
+def tiny_config(save_dir: Path, *overrides: str) -> RecapConfig:
+    """A small share_all ranker with two large tables and no batch norm (per-rank statistics
+    would make 1-rank and 2-rank runs differ)."""
+    data = {
+        "training": {
+            "save_dir": str(save_dir),
+            "num_train_steps": 4,
+            "checkpoint_every_n": 2,
+            "train_log_every_n": 1,
+            "num_eval_steps": 0,
+        },
+        "model": {
+            "multi_task_type": "share_all",
+            "featurization_config": {"log1p_abs_config": {}},
+            "backbone": {"mlp_config": {"layer_sizes": [16], "final_layer_activation": True}},
+            "large_embeddings": {
+                "tables": [
+                    {
+                        "name": name,
+                        "num_embeddings": rows,
+                        "embedding_dim": 4,
+                        "sharding_types": ["table_wise"],
+                    }
+                    for name, rows in TABLES.items()
+                ],
+                "optimizer": {"init_learning_rate": 0.5},
+            },
+            "tasks": {task: {"mlp_config": {"layer_sizes": [8, 1]}} for task in TASKS},
+        },
+        "train_data": {
+            "global_batch_size": 16,
+            "inputs": str(save_dir / "unused" / "*.parquet"),
+            "seg_dense_schema": {
+                "schema_path": str(SCHEMA),
+                "renamed_features": {
+                    "continuous": "home_recap_2022_cont__segdense_vals",
+                    "binary": "home_recap_2022_binary__segdense_vals",
+                    "user_embedding": "user.timelines.twhin_user_follow_embeddings."
+                    "twhin_user_follow_embeddings",
+                    "meta__user_id": "meta.user_id",
+                    "meta__author_id": "meta.author_id",
+                },
+            },
+            "tasks": {task: {} for task in TASKS},
+            "preprocess": {
+                "truncate_and_slice": {
+                    "continuous_feature_truncation": 12,
+                    "binary_feature_truncation": 6,
+                }
+            },
+        },
+        "optimizer": {
+            "multi_task_learning_rates": {
+                "backbone_learning_rate": copy.deepcopy(_RAMP),
+                "tower_learning_rates": {task: copy.deepcopy(_RAMP) for task in TASKS},
+            }
+        },
+    }
+    for override in overrides:
+        apply_override(data, override, RecapConfig)
+    return RecapConfig.model_validate(data)
+
+
+def example_rows(start: int, stop: int, config: RecapConfig) -> RecapBatch:
+    """Rows ``start..stop`` of the job's endless example stream."""
+    widths = feature_widths(config.train_data)
+    rows = []
+    for row in range(start, stop):
+        generator = torch.Generator().manual_seed(1000 + row)
+        rows.append(
+            {
+                "continuous": torch.randn(widths.continuous, generator=generator) * 3,
+                "binary": torch.randint(0, 2, (widths.binary,), generator=generator),
+                "user_embedding": torch.randn(
+                    widths.embeddings["user_embedding"], generator=generator
+                ),
+                "labels": (torch.rand(len(TASKS), generator=generator) < 0.3).float(),
+                "ids": [
+                    int(torch.randint(0, rows_, (1,), generator=generator))
+                    for rows_ in TABLES.values()
+                ],
+            }
+        )
+    count = len(rows)
+    ids = torch.tensor([[row["ids"][t] for row in rows] for t in range(len(TABLES))])
+    return RecapBatch(
+        continuous_features=torch.stack([row["continuous"] for row in rows]),
+        binary_features=torch.stack([row["binary"] for row in rows]),
+        discrete_features=torch.zeros(count, 0, dtype=torch.int64),
+        labels=torch.stack([row["labels"] for row in rows]),
+        weights=torch.ones(count, len(TASKS)),
+        user_embedding=torch.stack([row["user_embedding"] for row in rows]),
+        sparse_features=KeyedJaggedTensor.from_lengths_sync(
+            keys=list(TABLES),
+            values=ids.reshape(-1),
+            lengths=torch.ones(len(TABLES) * count, dtype=torch.int32),
+        ),
+    )
+
+
+class FixedBatches:
+    """This rank's slice of each micro-batch of the example stream, resumable."""
+
+    def __init__(self, config: RecapConfig, rank: int, world_size: int) -> None:
+        self.config = config
+        self.micro_batch = config.train_data.global_batch_size
+        self.per_rank = self.micro_batch // world_size
+        self.rank = rank
+        self.next_micro_batch = 0
+
+    def __iter__(self):
+        while True:
+            start = self.next_micro_batch * self.micro_batch + self.rank * self.per_rank
+            self.next_micro_batch += 1
+            yield example_rows(start, start + self.per_rank, self.config)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"next_micro_batch": self.next_micro_batch}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.next_micro_batch = state["next_micro_batch"]
+
+
+def train_job(config: RecapConfig) -> int:
+    """Trains ``config`` on fixed batches on this rank; returns the final step."""
+    with distributed_environment("cpu") as environment:
+        setup_logging(environment.rank)
+        batches = FixedBatches(config, environment.rank, environment.world_size)
+        return run_training(config, environment, batches).step
+
+
+def full_parameters(config: RecapConfig, step: int) -> dict[str, torch.Tensor]:
+    """The model's parameters (tables gathered) from the job's checkpoint at ``step``."""
+    model = build_model_and_loss(
+        config.model,
+        config.train_data,
+        feature_widths(config.train_data),
+        large_embedding_device=torch.device("cpu"),
+    )
+    state = {"model": model.state_dict()}
+    folder = checkpoint_folder(Path(config.training.save_dir) / "checkpoints", step)
+    load_checkpoint(folder, state)
+    return {name: tensor.clone() for name, tensor in state["model"].items()}

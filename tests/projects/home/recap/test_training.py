@@ -1,0 +1,162 @@
+"""Multi-process training on CPU over Gloo: sharded vs unsharded, resume, accumulation, LRs."""
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from tests.helpers.multiprocess import run_on_ranks
+from tests.projects.home.recap.distributed_jobs import (
+    TASKS,
+    full_parameters,
+    tiny_config,
+    train_job,
+)
+
+pytestmark = pytest.mark.slow
+
+# Float32 sums in a different order (two half-batches and an all-reduce vs one batch).
+TOLERANCE = {"rtol": 1e-5, "atol": 1e-6}
+
+
+def logged(save_dir: Path, name: str = "train") -> list[dict]:
+    return [json.loads(line) for line in (save_dir / f"{name}.jsonl").read_text().splitlines()]
+
+
+def losses(save_dir: Path) -> list[float]:
+    return [record["loss"] for record in logged(save_dir)]
+
+
+def assert_same_parameters(first: dict, second: dict) -> None:
+    assert first.keys() == second.keys()
+    for name in first:
+        torch.testing.assert_close(first[name], second[name], **TOLERANCE, msg=name)
+
+
+FROZEN = [
+    "optimizer.multi_task_learning_rates.backbone_learning_rate={constant: 0.0}",
+    *(
+        f"optimizer.multi_task_learning_rates.tower_learning_rates.{task}={{constant: 0.0}}"
+        for task in TASKS
+    ),
+    "model.large_embeddings.optimizer.learning_rate={constant: 0.0}",
+]
+
+
+@pytest.fixture(scope="module")
+def initial_weights(tmp_path_factory) -> Path:
+    """A checkpoint of freshly initialised weights (one step at learning rate 0).
+
+    Tables are initialised where sharding places them, so runs on different numbers of ranks
+    start from the same weights only through a shared initial checkpoint.
+    """
+    save_dir = tmp_path_factory.mktemp("initial")
+    config = tiny_config(save_dir, "training.num_train_steps=1", *FROZEN)
+    run_on_ranks(train_job, 1, config, workdir=save_dir)
+    return save_dir
+
+
+def test_two_sharded_ranks_train_like_one_rank(tmp_path, initial_weights):
+    start = f"training.initial_checkpoint_dir={initial_weights}"
+    one = tiny_config(tmp_path / "one", start)
+    two = tiny_config(tmp_path / "two", start)
+    assert run_on_ranks(train_job, 1, one, workdir=tmp_path) == [4]
+    assert run_on_ranks(train_job, 2, two, workdir=tmp_path) == [4, 4]
+    assert losses(tmp_path / "two") == pytest.approx(losses(tmp_path / "one"), rel=1e-5)
+    assert_same_parameters(full_parameters(one, 4), full_parameters(two, 4))
+
+
+def test_warm_start_loads_weights_and_restarts_its_own_schedule(tmp_path, initial_weights):
+    config = tiny_config(
+        tmp_path / "warm", f"training.initial_checkpoint_dir={initial_weights}", *FROZEN
+    )
+    assert run_on_ranks(train_job, 2, config, workdir=tmp_path) == [4, 4]
+    records = logged(tmp_path / "warm")
+    assert [record["step"] for record in records] == [1, 2, 3, 4]
+    initial = full_parameters(tiny_config(initial_weights), 1)
+    assert_same_parameters(full_parameters(config, 4), initial)
+
+    ramping = tiny_config(tmp_path / "ramp", f"training.initial_checkpoint_dir={initial_weights}")
+    run_on_ranks(train_job, 1, ramping, workdir=tmp_path)
+    first = logged(tmp_path / "ramp")[0]
+    assert first["step"] == 1 and first["lr/backbone"] == 0.0  # the ramp starts again at step 0
+    trained = full_parameters(ramping, 4)
+    assert any(not torch.equal(trained[name], initial[name]) for name in initial)
+
+
+def test_each_group_follows_its_schedule_and_a_tower_at_zero_stays(tmp_path, initial_weights):
+    frozen, stepped = TASKS[0], TASKS[1]
+    config = tiny_config(
+        tmp_path / "lr",
+        f"training.initial_checkpoint_dir={initial_weights}",
+        f"optimizer.multi_task_learning_rates.tower_learning_rates.{frozen}={{constant: 0.0}}",
+        f"optimizer.multi_task_learning_rates.tower_learning_rates.{stepped}="
+        "{piecewise_constant: {learning_rate_boundaries: [1, 3], "
+        "learning_rate_values: [0.1, 0.02, 0.003]}}",
+        "model.large_embeddings.optimizer.learning_rate="
+        "{linear_ramp_to_cosine: {learning_rate: 0.4, final_learning_rate: 0.1, "
+        "num_ramp_steps: 1, final_num_steps: 3}}",
+    )
+    run_on_ranks(train_job, 2, config, workdir=tmp_path)
+    records = {record["step"]: record for record in logged(tmp_path / "lr")}
+    # The line logged after step k holds the rates step k used: schedule(k - 1).
+    assert [records[k][f"lr/tower/{stepped}"] for k in (1, 2, 3, 4)] == [0.1, 0.02, 0.02, 0.003]
+    assert [records[k]["lr/backbone"] for k in (1, 2, 3, 4)] == [0.0, 0.005, 0.01, 0.01]
+    assert [records[k]["lr/large_embeddings_fused"] for k in (1, 2, 3)] == pytest.approx(
+        [0.0, 0.4, 0.25]
+    )
+    assert all(records[k][f"lr/tower/{frozen}"] == 0.0 for k in records)
+
+    initial = full_parameters(tiny_config(initial_weights), 1)
+    final = full_parameters(config, 4)
+    frozen_key = f".{frozen.replace('.', '__')}."
+    stepped_key = f".{stepped.replace('.', '__')}."
+    frozen_names = [name for name in final if frozen_key in name]
+    assert frozen_names
+    for name in frozen_names:
+        torch.testing.assert_close(final[name], initial[name], rtol=0, atol=0)
+    assert any(not torch.equal(final[name], initial[name]) for name in final if stepped_key in name)
+
+
+def test_stop_and_resume_equals_straight_through(tmp_path, initial_weights):
+    start = f"training.initial_checkpoint_dir={initial_weights}"
+    straight = tiny_config(tmp_path / "straight", start)
+    run_on_ranks(train_job, 2, straight, workdir=tmp_path)
+
+    stopped = tiny_config(tmp_path / "stopped", start, "training.num_train_steps=2")
+    assert run_on_ranks(train_job, 2, stopped, workdir=tmp_path) == [2, 2]
+    torn = tmp_path / "stopped" / "checkpoints" / "step_3"
+    torn.mkdir()
+    (torn / "__0_0.distcp").write_bytes(b"half a write")
+    resumed = tiny_config(tmp_path / "stopped", start)
+    assert run_on_ranks(train_job, 2, resumed, workdir=tmp_path) == [4, 4]
+
+    assert not torn.exists()
+    assert [r["step"] for r in logged(tmp_path / "stopped")] == [1, 2, 3, 4]
+    assert losses(tmp_path / "stopped") == pytest.approx(losses(tmp_path / "straight"), rel=1e-6)
+    assert_same_parameters(full_parameters(resumed, 4), full_parameters(straight, 4))
+
+    # Already at num_train_steps: the job ends at once, training nothing.
+    assert run_on_ranks(train_job, 2, resumed, workdir=tmp_path) == [4, 4]
+    assert len(logged(tmp_path / "stopped")) == 4
+
+
+def test_gradient_accumulation_equals_a_batch_n_times_larger(tmp_path, initial_weights):
+    start = f"training.initial_checkpoint_dir={initial_weights}"
+    large = tiny_config(tmp_path / "large", start, "training.num_train_steps=3")
+    accumulated = tiny_config(
+        tmp_path / "accumulated",
+        start,
+        "training.num_train_steps=3",
+        "train_data.global_batch_size=8",
+        "training.gradient_accumulation=2",
+        *(
+            f"model.large_embeddings.tables.{index}.sharding_types=[data_parallel]"
+            for index in range(2)
+        ),
+    )
+    run_on_ranks(train_job, 2, large, workdir=tmp_path)
+    run_on_ranks(train_job, 2, accumulated, workdir=tmp_path)
+    assert losses(tmp_path / "accumulated") == pytest.approx(losses(tmp_path / "large"), rel=1e-5)
+    assert_same_parameters(full_parameters(accumulated, 3), full_parameters(large, 3))
