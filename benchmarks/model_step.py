@@ -198,9 +198,10 @@ def interleaved_rates(
 ) -> tuple[dict[str, float], dict[str, float]]:
     """Examples/s of forward + backward + fused Adam, and of the GEMM ceiling, per dtype.
 
-    Rounds alternate the dtypes and each step with its ceiling, so a burst of load elsewhere
-    hits both; each figure is the fastest seen over all rounds (GEMMs: per shape). Warm-up
-    (three steps per dtype) includes any compilation. The weights are restored after.
+    Every timed step is followed by one timing of each of its GEMM shapes, and the dtypes
+    alternate, so load elsewhere hits steps and ceilings alike; each figure is the fastest seen
+    (GEMMs: per shape). Warm-up (three steps per dtype) includes any compilation. The weights
+    are restored after.
     """
     state = copy.deepcopy(model.state_dict())
     optimizer = make_optimizer(model, fused=True)
@@ -211,17 +212,22 @@ def interleaved_rates(
     for linear in linears:
         key = (linear.in_features, linear.out_features)
         shapes[key] = shapes.get(key, 0) + 1
+    gemms = {
+        (name, shape): linear_gemms(batch.batch_size, *shape, dtype or torch.float32)
+        for name, dtype in DTYPES.items()
+        for shape in shapes
+    }
     best_step = dict.fromkeys(DTYPES, float("inf"))
-    best_gemm = {(name, shape): float("inf") for name in DTYPES for shape in shapes}
-    for _ in range(rounds):
+    best_gemm = dict.fromkeys(gemms, float("inf"))
+    for _ in range(rounds * steps):
         for name, dtype in DTYPES.items():
+            start = time.perf_counter()
+            train_step(model, optimizer, batch, dtype)
+            best_step[name] = min(best_step[name], time.perf_counter() - start)
             for shape in shapes:
-                gemms = linear_gemms(batch.batch_size, *shape, dtype or torch.float32)
-                best_gemm[name, shape] = min(best_gemm[name, shape], fastest_seconds(gemms, 3))
-            for _ in range(steps):
-                start = time.perf_counter()
-                train_step(model, optimizer, batch, dtype)
-                best_step[name] = min(best_step[name], time.perf_counter() - start)
+                best_gemm[name, shape] = min(
+                    best_gemm[name, shape], fastest_seconds(gemms[name, shape], 1)
+                )
     model.load_state_dict(state)
     rates = {name: batch.batch_size / best_step[name] for name in DTYPES}
     ceilings = {
