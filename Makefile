@@ -14,11 +14,19 @@ TORCH_CPU_SOURCE ?= $(if $(wildcard /opt/wheels/torch-2.13.0+cpu*),--find-links 
 PIP := $(BIN)/python -m pip install --quiet --disable-pip-version-check
 # Where `make run` writes its data, checkpoints and predictions.
 export TML_RUN_DIR ?= $(CURDIR)/runs
+RUN_CONFIG := projects/home/recap/config/local_cpu.yaml
+RUN_DIR := $(TML_RUN_DIR)/local_cpu
+# Two ranks on CPU (tables sharded across them); one per GPU where there are GPUs.
+NPROC ?= $(if $(filter gpu,$(FLAVOUR)),$(shell nvidia-smi -L | wc -l),2)
+# Each rank gets its share of the cores (torchrun would otherwise pin every rank to one thread).
+TORCHRUN := OMP_NUM_THREADS=$(shell echo $$(( $$(nproc) / $(NPROC) > 0 ? $$(nproc) / $(NPROC) : 1 ))) \
+	$(BIN)/torchrun --standalone --nnodes 1 --nproc_per_node $(NPROC)
+GENERATE := $(BIN)/python -m projects.home.recap.data.generate_random_data --config_path $(RUN_CONFIG)
 
 .PHONY: help setup run test lint bench clean
 
 help:
-	@echo "make run    set up, then run the local job (config: projects/home/recap/config/local_cpu.yaml)"
+	@echo "make run    set up, generate data, train on 2 ranks, evaluate, predict, export ($(RUN_CONFIG))"
 	@echo "make test   set up, then run the test suite"
 	@echo "make setup  create .venv with the $(FLAVOUR) build of the stack"
 	@echo "make lint   ruff check and format check"
@@ -40,8 +48,19 @@ endif
 	@rm -f $(VENV)/.installed-*
 	@touch $@
 
-run: $(STAMP)
-	$(BIN)/python -m projects.home.recap.config --config_path projects/home/recap/config/local_cpu.yaml
+# Random data (once) -> sharded training with evaluation -> predictions -> export -> results.
+run: $(STAMP) $(RUN_DIR)/data/.generated
+	rm -rf $(RUN_DIR)/model
+	$(TORCHRUN) -m projects.home.recap.main --config_path $(RUN_CONFIG)
+	$(TORCHRUN) -m projects.home.recap.main --config_path $(RUN_CONFIG) --mode inference
+	$(BIN)/python -m projects.home.recap.export --config_path $(RUN_CONFIG) --output $(RUN_DIR)/model/ranker.pt2
+	@$(BIN)/python -m projects.home.recap.evaluation.report --config_path $(RUN_CONFIG)
+
+$(RUN_DIR)/data/.generated: | $(STAMP)
+	rm -rf $(RUN_DIR)/data
+	$(GENERATE) --num_examples 50000 --num_files 4
+	$(GENERATE) --num_examples 4000 --partition validation
+	@touch $@
 
 test: $(STAMP)
 	$(BIN)/python -m pytest

@@ -49,6 +49,10 @@ class CheckpointMismatchError(UserInputError):
     """A checkpoint does not hold what the job needs to load from it."""
 
 
+class CheckpointNotFoundError(UserInputError, FileNotFoundError):
+    """No complete checkpoint where one was asked for."""
+
+
 _STEP_FOLDER = re.compile(r"^step_(\d+)$")
 
 
@@ -88,7 +92,7 @@ def resolve_checkpoint(path: str | os.PathLike) -> Path:
         steps = complete_steps(candidate)
         if steps:
             return checkpoint_folder(candidate, steps[-1])
-    raise FileNotFoundError(f"no complete checkpoint in {path}")
+    raise CheckpointNotFoundError(f"no complete checkpoint in {path}")
 
 
 class CheckpointManager:
@@ -192,7 +196,7 @@ class CheckpointManager:
         """
         step = self.latest_step() if step is None else step
         if step is None:
-            raise FileNotFoundError(f"no complete checkpoint in {self.directory}")
+            raise CheckpointNotFoundError(f"no complete checkpoint in {self.directory}")
         return load_checkpoint(checkpoint_folder(self.directory, step), state, self._rank)
 
     def close(self) -> None:
@@ -229,7 +233,7 @@ def load_checkpoint(
     """Loads a complete checkpoint folder into ``state`` in place; returns the rank's state."""
     folder = Path(folder)
     if not is_complete(folder):
-        raise FileNotFoundError(f"{folder} is not a complete checkpoint")
+        raise CheckpointNotFoundError(f"{folder} is not a complete checkpoint")
     loadable = _without_empty_containers(state)
     _check_keys(folder, loadable)
     dcp.load(loadable, checkpoint_id=folder, planner=_LoadPlanner())

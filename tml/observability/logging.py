@@ -7,7 +7,7 @@ import sys
 import warnings
 
 # Libraries whose INFO/WARNING chatter would bury the job's own log lines.
-_QUIET_LOGGERS = ("torchrec", "torch.distributed", "fbgemm_gpu")
+_QUIET_LOGGERS = ("torchrec", "torch.distributed", "fbgemm_gpu", "torch.fx._symbolic_trace")
 
 
 def _quiet_library_records(record: logging.LogRecord) -> bool:
@@ -40,3 +40,6 @@ def setup_logging(rank: int = 0, level: int = logging.INFO) -> None:
     warnings.filterwarnings("ignore", category=DeprecationWarning, module=r"(torchrec|fbgemm_gpu)")
     warnings.filterwarnings("ignore", category=FutureWarning, module=r"torchrec")
     warnings.filterwarnings("ignore", category=UserWarning, module=r"torchrec")
+    # torchrec's sharded tables are ShardedTensors, which torch announces it will replace.
+    warnings.filterwarnings("ignore", category=FutureWarning, message=r".*use DTensor")
+    warnings.filterwarnings("ignore", message=r"torch.distributed is disabled")

@@ -41,10 +41,11 @@ class ModelAndLoss(nn.Module):
             persistent=False,
         )
 
-    def forward(self, batch: RecapBatch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    def predict(self, batch: RecapBatch) -> dict[str, torch.Tensor]:
+        """The model's outputs for a batch, without the loss (labels may be absent)."""
         # Traced by torchrec's pipelines: batch.sparse_features must reach the EBC unchanged,
         # and the output dict is read by known keys (a traced dict cannot be iterated).
-        predictions = self.model(
+        return self.model(
             continuous_features=batch.continuous_features,
             binary_features=batch.binary_features,
             discrete_features=batch.discrete_features,
@@ -53,6 +54,9 @@ class ModelAndLoss(nn.Module):
             author_embedding=batch.author_embedding,
             sparse_features=batch.sparse_features,
         )
+
+    def forward(self, batch: RecapBatch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        predictions = self.predict(batch)
         loss, task_losses = self.loss(predictions["logits"], batch.labels, batch.weights)
         outputs = {name: predictions[name].detach() for name in self.model.output_names}
         outputs["labels"] = batch.labels.detach()

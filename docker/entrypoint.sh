@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# Starts the ranker under torchrun. Arguments are main.py's: --config_path CFG [--mode M]
+# [dotted.path=value ...]. The launch shape comes from the environment:
+#   NPROC_PER_NODE   processes (GPUs) on this node              (default: 1)
+#   NNODES           nodes in the job                           (default: 1)
+#   NODE_RANK        informational; c10d rendezvous assigns ranks
+#   RDZV_ENDPOINT    host:port of the rendezvous (any one node)  (required when NNODES > 1)
+#   RDZV_ID          a job id shared by all nodes                (default: tml)
+set -euo pipefail
+
+nproc="${NPROC_PER_NODE:-1}"
+nnodes="${NNODES:-1}"
+if [ "$nnodes" -gt 1 ]; then
+    : "${RDZV_ENDPOINT:?RDZV_ENDPOINT=host:port is required when NNODES > 1}"
+    launch=(--nnodes "$nnodes" --nproc_per_node "$nproc" --rdzv_backend c10d
+            --rdzv_endpoint "$RDZV_ENDPOINT" --rdzv_id "${RDZV_ID:-tml}")
+else
+    launch=(--standalone --nnodes 1 --nproc_per_node "$nproc")
+fi
+exec torchrun "${launch[@]}" -m projects.home.recap.main "$@"

@@ -1,0 +1,131 @@
+"""``--mode evaluate``: follow a training job's checkpoints and evaluate each one once.
+
+Run it beside a training job with the same config. It waits for complete checkpoints in
+``<save_dir>/checkpoints``, evaluates each one on every validation partition, logs the metrics
+at the checkpoint's step (stream ``evaluator``: console, TensorBoard, ``evaluator.jsonl``) and
+marks the checkpoint done per partition with ``evaluated_<partition>.json`` in its folder, so a
+restarted evaluator skips what is done. It stops once the final step (``num_train_steps``) is
+evaluated, or when no new checkpoint has appeared for ``eval_timeout_in_s``.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+
+import torch.distributed as dist
+
+from projects.home.recap.config import RecapConfig
+from projects.home.recap.evaluation.evaluator import (
+    Evaluation,
+    build_evaluation,
+    write_results,
+)
+from projects.home.recap.training import build_sharded_model
+from tml.checkpoint import checkpoint_folder, complete_steps, load_checkpoint
+from tml.core.errors import UserInputError
+from tml.distributed import DistributedEnvironment
+
+logger = logging.getLogger(__name__)
+
+_POLL_SECONDS = 5.0
+
+
+def results_file(folder: Path, partition: str) -> Path:
+    """Where a checkpoint's results for one partition are written, marking it done."""
+    return folder / f"evaluated_{partition}.json"
+
+
+class CheckpointFollower:
+    """Evaluates every complete checkpoint of a job once per partition.
+
+    Args:
+        config: The training job's config.
+        environment: This process's place in the evaluator job.
+        evaluation: The partitions and their loggers.
+        poll_seconds: How often to look for new checkpoints.
+    """
+
+    def __init__(
+        self,
+        config: RecapConfig,
+        environment: DistributedEnvironment,
+        evaluation: Evaluation,
+        poll_seconds: float = _POLL_SECONDS,
+    ) -> None:
+        self.config = config
+        self.environment = environment
+        self.evaluation = evaluation
+        self.directory = Path(config.training.save_dir) / "checkpoints"
+        self.poll_seconds = poll_seconds
+        first = next(iter(config.validation_data.values()))
+        self.model = build_sharded_model(
+            config, environment, first.global_batch_size // environment.world_size
+        )
+
+    def run(self) -> list[int]:
+        """Follows the job until its final step is evaluated or it goes quiet; returns the
+        steps evaluated."""
+        timeout = self.config.training.eval_timeout_in_s
+        final_step = self.config.training.num_train_steps
+        evaluated: list[int] = []
+        last_progress = time.monotonic()
+        while True:
+            step, pending = self._next_checkpoint()
+            if step is None:
+                if time.monotonic() - last_progress > timeout:
+                    logger.info("no new checkpoint for %.0f s: stopping", timeout)
+                    return evaluated
+                time.sleep(self.poll_seconds)
+                continue
+            self._evaluate(step, pending)
+            evaluated.append(step)
+            last_progress = time.monotonic()
+            if step >= final_step:
+                logger.info("evaluated the final step %d: stopping", step)
+                return evaluated
+
+    def _next_checkpoint(self) -> tuple[int | None, list[str]]:
+        """The oldest complete checkpoint with partitions still to evaluate, and those
+        partitions; rank 0 decides so that every rank agrees."""
+        choice: list[object] = [None, []]
+        if self.environment.is_main:
+            for step in complete_steps(self.directory):
+                folder = checkpoint_folder(self.directory, step)
+                pending = [
+                    partition.name
+                    for partition in self.evaluation.partitions
+                    if not results_file(folder, partition.name).exists()
+                ]
+                if pending:
+                    choice = [step, pending]
+                    break
+        if dist.is_initialized() and dist.get_world_size() > 1:
+            dist.broadcast_object_list(choice, src=0)
+        return choice[0], choice[1]
+
+    def _evaluate(self, step: int, pending: list[str]) -> None:
+        folder = checkpoint_folder(self.directory, step)
+        state = {"model": self.model.state_dict()}
+        load_checkpoint(folder, state, self.environment.rank)
+        self.model.load_state_dict(state["model"])
+        partitions = [p for p in self.evaluation.partitions if p.name in pending]
+        evaluation = Evaluation(partitions, self.evaluation.loggers, self.environment)
+        results = evaluation(self.model, step)
+        if self.environment.is_main:
+            for name, metrics in results.items():
+                write_results(results_file(folder, name), step, metrics)
+
+
+def run_evaluator(config: RecapConfig, environment: DistributedEnvironment) -> list[int]:
+    """``--mode evaluate``: see the module docstring."""
+    evaluation = build_evaluation(config, environment, stream="evaluator")
+    if evaluation is None:
+        raise UserInputError(
+            "evaluate mode needs validation_data partitions and training.num_eval_steps != 0"
+        )
+    try:
+        return CheckpointFollower(config, environment, evaluation).run()
+    finally:
+        evaluation.loggers.close()

@@ -1,0 +1,77 @@
+"""Print a job's latest evaluation results as tables, and where its predictions are.
+
+    python -m projects.home.recap.evaluation.report --config_path CFG [dotted.path=value ...]
+
+Reads ``<save_dir>/eval.jsonl`` (written during training) or, failing that,
+``<save_dir>/evaluator.jsonl`` (written by ``--mode evaluate``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from projects.home.recap.config import RecapConfig
+from projects.home.recap.evaluation.evaluator import format_summary
+from tml.core.config import load_config_from_yaml
+from tml.core.errors import UserInputError
+
+_STREAMS = ("eval.jsonl", "evaluator.jsonl")
+
+
+def latest_results(save_dir: Path) -> tuple[int, dict[str, float]]:
+    """The step and metrics of the newest evaluation record of a job."""
+    for name in _STREAMS:
+        path = save_dir / name
+        if path.is_file():
+            lines = [line for line in path.read_text().splitlines() if line.strip()]
+            if lines:
+                record = json.loads(lines[-1])
+                step = record.pop("step")
+                record.pop("time", None)
+                return step, record
+    raise UserInputError(f"no evaluation results in {save_dir} ({' or '.join(_STREAMS)})")
+
+
+def report(config: RecapConfig) -> str:
+    """Tables of per-task AUROC and RCE for each partition, and the prediction files."""
+    save_dir = Path(config.training.save_dir)
+    step, metrics = latest_results(save_dir)
+    lines = []
+    for partition in config.validation_data:
+        prefix = f"{partition}/"
+        own = {k[len(prefix) :]: v for k, v in metrics.items() if k.startswith(prefix)}
+        if not own:
+            continue
+        examples = int(own.get("examples", 0))
+        lines.append(f"{partition} at step {step} ({examples} examples):")
+        lines.append(format_summary(own, list(config.model.tasks)))
+        lines.append("")
+    predictions = sorted((save_dir / "predictions").glob("*/*.parquet"))
+    if predictions:
+        lines.append("predictions:")
+        lines.extend(f"  {path}" for path in predictions)
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m projects.home.recap.evaluation.report",
+        description="Print a job's latest evaluation results.",
+    )
+    parser.add_argument("--config_path", required=True, help="The job's YAML config.")
+    parser.add_argument("overrides", nargs="*", help="dotted.path=value config overrides.")
+    args = parser.parse_args(argv)
+    try:
+        config = load_config_from_yaml(RecapConfig, args.config_path, args.overrides)
+        print(report(config))
+    except UserInputError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,73 @@
+"""The ranker's entry point: parse, set up, build, run the mode, tear down.
+
+    torchrun --standalone --nproc_per_node 2 -m projects.home.recap.main \
+        --config_path projects/home/recap/config/local_cpu.yaml [--mode train] [dotted.path=value]
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from collections.abc import Callable
+
+from projects.home.recap.config import JobMode, RecapConfig
+from projects.home.recap.evaluation.follower import run_evaluator
+from projects.home.recap.inference import run_inference
+from projects.home.recap.training import run_training
+from tml.core.config import load_config_from_yaml
+from tml.core.errors import UserInputError
+from tml.distributed import DistributedEnvironment, distributed_environment
+from tml.observability.logging import setup_logging
+
+logger = logging.getLogger(__name__)
+
+MODES: dict[JobMode, Callable[[RecapConfig, DistributedEnvironment], object]] = {
+    JobMode.TRAIN: run_training,
+    JobMode.EVALUATE: run_evaluator,
+    JobMode.INFERENCE: run_inference,
+}
+
+
+def build_argument_parser() -> argparse.ArgumentParser:
+    """The command line: a config, a mode, and dotted overrides of the config."""
+    parser = argparse.ArgumentParser(
+        prog="python -m projects.home.recap.main", description="Train, evaluate or run the ranker."
+    )
+    parser.add_argument("--config_path", required=True, help="YAML config file.")
+    parser.add_argument(
+        "--mode",
+        choices=[mode.value for mode in JobMode],
+        default=JobMode.TRAIN.value,
+        help="train (default), evaluate (follow a training job's checkpoints) or inference.",
+    )
+    parser.add_argument(
+        "overrides", nargs="*", help="Config overrides: dotted.path=value (typed by the schema)."
+    )
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Runs the chosen mode; a mistake in config or data is one line on stderr and exit 2."""
+    args = build_argument_parser().parse_args(argv)
+    rank = int(os.environ.get("RANK", 0))
+    try:
+        config = load_config_from_yaml(RecapConfig, args.config_path, args.overrides)
+    except UserInputError as error:
+        if rank == 0:  # every rank reads the same config: one copy of the message is enough
+            print(f"error: {error}", file=sys.stderr)
+        return 2
+    try:
+        with distributed_environment() as environment:
+            setup_logging(environment.rank)
+            MODES[JobMode(args.mode)](config, environment)
+    except UserInputError as error:
+        prefix = f"[rank {rank}] " if int(os.environ.get("WORLD_SIZE", 1)) > 1 else ""
+        print(f"{prefix}error: {error}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
