@@ -1,0 +1,300 @@
+"""End to end through the real command line: generate, train (torchrun, 2 ranks), evaluate while
+a separate evaluator follows the checkpoints, predict, export; and two torchrun agents as one job.
+"""
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+import torch
+
+from projects.home.recap.config import JobMode, RecapConfig
+from projects.home.recap.data.dataset import build_dataset
+from projects.home.recap.evaluation.follower import results_file
+from projects.home.recap.model.servable import servable_inputs
+from tests.helpers.multiprocess import free_port
+from tml.checkpoint import checkpoint_folder, complete_steps
+from tml.core.config import load_config_from_yaml
+
+pytestmark = pytest.mark.slow
+
+REPO = Path(__file__).resolve().parents[4]
+CONFIG = Path(__file__).parent / "fixtures" / "tiny_e2e.yaml"
+TORCHRUN = [sys.executable, "-m", "torch.distributed.run"]
+MAIN = ["-m", "projects.home.recap.main", "--config_path", str(CONFIG)]
+TASKS = [
+    "recap.engagement.is_favorited",
+    "recap.engagement.is_replied",
+    "recap.engagement.is_video_playback_50",
+]
+
+
+def environment(run_dir: Path) -> dict[str, str]:
+    return {**os.environ, "TML_TEST_RUN": str(run_dir), "OMP_NUM_THREADS": "1"}
+
+
+def run(command: list[str], run_dir: Path, timeout: float = 300) -> subprocess.CompletedProcess:
+    result = subprocess.run(
+        command,
+        cwd=REPO,
+        env=environment(run_dir),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+    assert result.returncode == 0, f"{' '.join(command)}\n{result.stderr[-4000:]}"
+    return result
+
+
+def generate(run_dir: Path) -> None:
+    generator = [
+        sys.executable,
+        "-m",
+        "projects.home.recap.data.generate_random_data",
+        "--config_path",
+        str(CONFIG),
+    ]
+    run(
+        [*generator, "--num_examples", "640", "--num_files", "2", "--row_group_size", "64"], run_dir
+    )
+    run(
+        [
+            *generator,
+            "--num_examples",
+            "300",
+            "--num_files",
+            "2",
+            "--row_group_size",
+            "64",
+            "--partition",
+            "all_tasks",
+        ],
+        run_dir,
+    )
+
+
+def config_for(run_dir: Path, *overrides: str) -> RecapConfig:
+    os.environ["TML_TEST_RUN"] = str(run_dir)
+    try:
+        return load_config_from_yaml(RecapConfig, CONFIG, overrides)
+    finally:
+        del os.environ["TML_TEST_RUN"]
+
+
+def records(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def by_step(path: Path) -> dict[int, dict]:
+    """Records of a metrics file merged per step (each partition logs its own record)."""
+    merged: dict[int, dict] = {}
+    for record in records(path):
+        merged.setdefault(record["step"], {}).update(record)
+    return merged
+
+
+@pytest.fixture(scope="module")
+def job(tmp_path_factory) -> Path:
+    """A trained job, with an evaluator that was started before training began."""
+    run_dir = tmp_path_factory.mktemp("e2e")
+    generate(run_dir)
+    evaluator = subprocess.Popen(
+        [sys.executable, *MAIN, "--mode", "evaluate", "training.eval_timeout_in_s=120"],
+        cwd=REPO,
+        env=environment(run_dir),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        run([*TORCHRUN, "--standalone", "--nproc_per_node", "2", *MAIN], run_dir)
+        run(
+            [*TORCHRUN, "--standalone", "--nproc_per_node", "2", *MAIN, "--mode", "inference"],
+            run_dir,
+        )
+        output, _ = evaluator.communicate(timeout=240)
+    finally:
+        evaluator.kill()
+    assert evaluator.returncode == 0, output[-4000:]
+    (run_dir / "evaluator.log").write_text(output)
+    run(
+        [
+            sys.executable,
+            "-m",
+            "projects.home.recap.export",
+            "--config_path",
+            str(CONFIG),
+            "--output",
+            str(run_dir / "ranker.pt2"),
+        ],
+        run_dir,
+    )
+    return run_dir
+
+
+def test_training_logs_every_interval_and_checkpoints(job):
+    train = records(job / "model" / "train.jsonl")
+    assert [r["step"] for r in train] == [2, 4, 6]
+    assert all(r["loss"] > 0 for r in train)
+    assert train[0]["examples_per_second"] == pytest.approx(
+        2 * train[0]["examples_per_second_per_worker"]
+    )
+    assert complete_steps(job / "model" / "checkpoints") == [3, 6]
+    assert list((job / "model" / "tensorboard" / "train").glob("events.out.tfevents.*"))
+
+
+def test_partitions_evaluate_their_own_tasks(job):
+    evaluations = by_step(job / "model" / "eval.jsonl")
+    assert list(evaluations) == [3, 6]
+    last = evaluations[6]
+    for task in TASKS:
+        assert 0.0 <= last[f"all_tasks/auroc/{task}"] <= 1.0
+        assert f"all_tasks/rce/{task}/first_column_zero" in last
+    assert "favorited_downsampled/auroc/recap.engagement.is_favorited" in last
+    assert not any(key.startswith("favorited_downsampled/") and "is_replied" in key for key in last)
+    # The whole partition, each row once, although the ranks' shares differ in size.
+    assert last["all_tasks/examples"] == 300
+    # Downsampled negatives weigh 1 / 0.5: the weighted mean label is lower.
+    assert (
+        last["favorited_downsampled/mean_label/recap.engagement.is_favorited"]
+        < last["all_tasks/mean_label/recap.engagement.is_favorited"]
+    )
+
+
+def test_evaluator_followed_checkpoints_written_after_it_started(job):
+    log = (job / "evaluator.log").read_text()
+    assert "evaluated the final step 6: stopping" in log
+    for step in (3, 6):
+        folder = checkpoint_folder(job / "model" / "checkpoints", step)
+        for partition in ("all_tasks", "favorited_downsampled"):
+            assert json.loads(results_file(folder, partition).read_text())["step"] == step
+    followed = by_step(job / "model" / "evaluator.jsonl")
+    trained = by_step(job / "model" / "eval.jsonl")
+    assert list(followed) == [3, 6]
+    key = "all_tasks/auroc/recap.engagement.is_favorited"
+    assert followed[6][key] == pytest.approx(trained[6][key], abs=1e-9)
+
+
+def test_inference_writes_every_input_row_exactly_once(job):
+    files = sorted((job / "model" / "predictions" / "step_6").glob("*.parquet"))
+    assert [f.name for f in files] == ["predictions-0-of-2.parquet", "predictions-1-of-2.parquet"]
+    predicted = pq.read_table(files)
+    source = pq.read_table(
+        sorted((job / "data" / "validation").glob("*.parquet")), columns=["meta.tweet_id"]
+    )
+    assert predicted.num_rows == source.num_rows == 300
+    assert sorted(predicted["tweet_id"].to_pylist()) == sorted(
+        value
+        for row in source["meta.tweet_id"].to_pylist()
+        for value in (row if isinstance(row, list) else [row])
+    )
+
+    def column(name: str):
+        return predicted.column(name).to_numpy()
+
+    # The published weights of the model's tasks.
+    expected = (
+        0.5 * column("calibrated_probability/recap.engagement.is_favorited")
+        + 13.5 * column("calibrated_probability/recap.engagement.is_replied")
+        + 0.005 * column("calibrated_probability/recap.engagement.is_video_playback_50")
+    )
+    assert column("score") == pytest.approx(expected, rel=1e-6)
+
+
+def test_export_reproduces_the_trainers_predictions(job):
+    program = torch.export.load(str(job / "ranker.pt2")).module()
+    config = config_for(job)
+    tables = [table.name for table in config.model.large_embeddings.tables]
+    predicted = pq.read_table(sorted((job / "model" / "predictions" / "step_6").glob("*.parquet")))
+    by_tweet = {
+        tweet: row
+        for tweet, row in zip(predicted["tweet_id"].to_pylist(), predicted.to_pylist(), strict=True)
+    }
+    dataset = build_dataset(
+        config.validation_data["all_tasks"],
+        mode=JobMode.INFERENCE,
+        tasks=list(config.model.tasks),
+        large_embeddings=config.model.large_embeddings,
+    )
+    batch = next(iter(dataset))
+    outputs = program(**servable_inputs(batch, tables))
+    tweets = batch.extra_features["meta__tweet_id"].reshape(-1).tolist()
+    for index, task in enumerate(config.model.tasks):
+        trainer = torch.tensor([by_tweet[t][f"probability/{task}"] for t in tweets])
+        torch.testing.assert_close(outputs["probabilities"][:, index], trainer, rtol=0, atol=1e-5)
+
+
+def test_two_torchrun_agents_train_as_one_job(tmp_path):
+    generate(tmp_path)
+    port = free_port()
+    agent = [
+        *TORCHRUN,
+        "--nnodes",
+        "2",
+        "--nproc_per_node",
+        "1",
+        "--rdzv-backend",
+        "c10d",
+        "--rdzv-endpoint",
+        f"127.0.0.1:{port}",
+        "--rdzv-id",
+        "two-nodes",
+        *MAIN,
+        "training.num_train_steps=2",
+        "training.num_eval_steps=0",
+    ]
+    agents = [
+        subprocess.Popen(
+            agent,
+            cwd=REPO,
+            env=environment(tmp_path),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        for _ in range(2)
+    ]
+    outputs = [process.communicate(timeout=240)[0] for process in agents]
+    assert [process.returncode for process in agents] == [0, 0], outputs[0][-3000:]
+    logged = records(tmp_path / "model" / "train.jsonl")
+    assert logged[-1]["step"] == 2
+    assert logged[-1]["examples_per_second"] == pytest.approx(
+        2 * logged[-1]["examples_per_second_per_worker"]
+    )
+    plan = "".join(outputs)
+    assert "meta__user_id" in plan and "table_wise" in plan
+
+
+def test_evaluator_stops_when_no_checkpoint_comes(tmp_path):
+    started = time.monotonic()
+    result = run(
+        [sys.executable, *MAIN, "--mode", "evaluate", "training.eval_timeout_in_s=2"], tmp_path
+    )
+    assert "no new checkpoint for 2 s: stopping" in result.stderr
+    assert time.monotonic() - started < 60
+
+
+@pytest.mark.parametrize(
+    ("arguments", "message"),
+    [
+        (["training.num_train_stepz=3"], "training.num_train_stepz: unknown field"),
+        (["--mode", "inference"], "no complete checkpoint in"),
+    ],
+)
+def test_a_mistake_is_one_line_and_exit_2(tmp_path, arguments, message):
+    result = subprocess.run(
+        [sys.executable, *MAIN, *arguments],
+        cwd=REPO,
+        env=environment(tmp_path),
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode == 2
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and message in errors[0], result.stderr[-2000:]
+    assert "Traceback" not in result.stderr
