@@ -7,6 +7,7 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F  # noqa: N812 - the conventional name
 from torch import nn
+from torch.fx._symbolic_trace import is_fx_symbolic_tracing
 
 from projects.home.recap.model.config import ModelConfig
 from projects.home.recap.model.errors import ModelInputError
@@ -33,13 +34,9 @@ class MultiTaskLoss(nn.Module):
         labels: ``[batch, tasks]`` in {0, 1}, columns in the model's task order.
         weights: ``[batch, tasks]`` per-example, per-task weights.
         """
-        tasks = self.pos_weight.numel()
-        for name, tensor in (("logits", logits), ("labels", labels), ("weights", weights)):
-            if tensor.dim() != 2 or tensor.shape[1] != tasks or tensor.shape[0] != logits.shape[0]:
-                raise ModelInputError(
-                    f"{name} should be [batch, {tasks}] (one column per model task, in model "
-                    f"order), got {list(tensor.shape)}"
-                )
+        # Skipped while torchrec's pipelines trace the forward (shapes are symbolic then).
+        if not is_fx_symbolic_tracing():
+            self._check_shapes(logits, labels, weights)
         losses = F.binary_cross_entropy_with_logits(
             logits.to(torch.float32),
             labels.to(torch.float32),
@@ -49,6 +46,17 @@ class MultiTaskLoss(nn.Module):
         )
         task_losses = losses.mean(dim=0)
         return task_losses.mean(), task_losses
+
+    def _check_shapes(
+        self, logits: torch.Tensor, labels: torch.Tensor, weights: torch.Tensor
+    ) -> None:
+        tasks = self.pos_weight.numel()
+        for name, tensor in (("logits", logits), ("labels", labels), ("weights", weights)):
+            if tensor.dim() != 2 or tensor.shape[1] != tasks or tensor.shape[0] != logits.shape[0]:
+                raise ModelInputError(
+                    f"{name} should be [batch, {tasks}] (one column per model task, in model "
+                    f"order), got {list(tensor.shape)}"
+                )
 
 
 def build_loss(config: ModelConfig) -> MultiTaskLoss:

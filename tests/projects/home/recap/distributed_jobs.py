@@ -120,6 +120,7 @@ def example_rows(start: int, stop: int, config: RecapConfig) -> RecapBatch:
         )
     count = len(rows)
     ids = torch.tensor([[row["ids"][t] for row in rows] for t in range(len(TABLES))])
+    tables = config.model.large_embeddings
     return RecapBatch(
         continuous_features=torch.stack([row["continuous"] for row in rows]),
         binary_features=torch.stack([row["binary"] for row in rows]),
@@ -131,7 +132,9 @@ def example_rows(start: int, stop: int, config: RecapConfig) -> RecapBatch:
             keys=list(TABLES),
             values=ids.reshape(-1),
             lengths=torch.ones(len(TABLES) * count, dtype=torch.int32),
-        ),
+        )
+        if tables is not None
+        else None,
     )
 
 

@@ -160,3 +160,25 @@ def test_gradient_accumulation_equals_a_batch_n_times_larger(tmp_path, initial_w
     run_on_ranks(train_job, 2, accumulated, workdir=tmp_path)
     assert losses(tmp_path / "accumulated") == pytest.approx(losses(tmp_path / "large"), rel=1e-5)
     assert_same_parameters(full_parameters(accumulated, 3), full_parameters(large, 3))
+
+
+def test_bf16_autocast_trains_close_to_fp32(tmp_path, initial_weights):
+    start = f"training.initial_checkpoint_dir={initial_weights}"
+    fp32 = tiny_config(tmp_path / "fp32", start)
+    bf16 = tiny_config(tmp_path / "bf16", start, "training.bf16_autocast=true")
+    run_on_ranks(train_job, 2, fp32, workdir=tmp_path)
+    run_on_ranks(train_job, 2, bf16, workdir=tmp_path)
+    # bfloat16 keeps 8 bits of mantissa: losses agree to about 1 %, parameters stay float32.
+    assert losses(tmp_path / "bf16") == pytest.approx(losses(tmp_path / "fp32"), rel=0.02)
+    assert losses(tmp_path / "bf16") != losses(tmp_path / "fp32")
+    assert all(p.dtype == torch.float32 for p in full_parameters(bf16, 4).values())
+
+
+def test_a_model_without_large_tables_trains_in_one_process(tmp_path):
+    # Nothing is sharded and one process needs no data parallelism, so torchrec's pipeline
+    # traces the whole forward, shape checks included.
+    config = tiny_config(
+        tmp_path / "dense", "model.large_embeddings=null", "training.num_train_steps=2"
+    )
+    assert run_on_ranks(train_job, 1, config, workdir=tmp_path) == [2]
+    assert len(losses(tmp_path / "dense")) == 2
