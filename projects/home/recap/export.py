@@ -34,7 +34,11 @@ from projects.home.recap.data.batch import RecapBatch
 from projects.home.recap.data.features import feature_widths
 from projects.home.recap.data.preprocess import TORCH_DTYPES
 from projects.home.recap.model.model_and_loss import ModelAndLoss, build_model_and_loss
-from projects.home.recap.model.servable import ServableRankingModel, export_ranking_model
+from projects.home.recap.model.servable import (
+    ServableRankingModel,
+    export_ranking_model,
+    servable_inputs,
+)
 from tml.checkpoint import load_checkpoint, resolve_checkpoint
 from tml.core.config import load_config_from_yaml
 from tml.core.errors import UserInputError
@@ -93,24 +97,12 @@ def example_batch(config: RecapConfig, batch_size: int = _EXAMPLE_BATCH) -> Reca
 
 def signature(config: RecapConfig, example: RecapBatch, table_names: list[str]) -> dict[str, Any]:
     """What the exported program takes and returns, for whoever serves it."""
-    inputs = {}
-    for name in (
-        "continuous_features",
-        "binary_features",
-        "discrete_features",
-        "user_embedding",
-        "user_eng_embedding",
-        "author_embedding",
-    ):
-        tensor = getattr(example, name)
-        if tensor is not None and (tensor.shape[1] > 0 or name == "continuous_features"):
-            inputs[name] = {"shape": ["batch", tensor.shape[1]], "dtype": str(tensor.dtype)}
+    inputs: dict[str, Any] = {
+        name: {"shape": ["batch", tensor.shape[1]], "dtype": str(tensor.dtype)}
+        for name, tensor in servable_inputs(example, table_names).items()
+    }
     if table_names:
-        inputs["sparse_ids"] = {
-            "shape": ["batch", len(table_names)],
-            "dtype": "torch.int64",
-            "tables": table_names,
-        }
+        inputs["sparse_ids"]["tables"] = table_names
     tasks = list(config.model.tasks)
     return {
         "inputs": inputs,

@@ -17,9 +17,9 @@ from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 from projects.home.recap.config import RecapConfig
 from projects.home.recap.data.batch import RecapBatch
 from projects.home.recap.data.features import feature_widths
-from projects.home.recap.model.model_and_loss import build_model_and_loss
+from projects.home.recap.export import load_unsharded_model
 from projects.home.recap.training import run_training
-from tml.checkpoint import checkpoint_folder, load_checkpoint
+from tml.checkpoint import checkpoint_folder
 from tml.core.config import apply_override
 from tml.distributed import distributed_environment
 from tml.observability.logging import setup_logging
@@ -171,13 +171,5 @@ def train_job(config: RecapConfig) -> int:
 
 def full_parameters(config: RecapConfig, step: int) -> dict[str, torch.Tensor]:
     """The model's parameters (tables gathered) from the job's checkpoint at ``step``."""
-    model = build_model_and_loss(
-        config.model,
-        config.train_data,
-        feature_widths(config.train_data),
-        large_embedding_device=torch.device("cpu"),
-    )
-    state = {"model": model.state_dict()}
     folder = checkpoint_folder(Path(config.training.save_dir) / "checkpoints", step)
-    load_checkpoint(folder, state)
-    return {name: tensor.clone() for name, tensor in state["model"].items()}
+    return dict(load_unsharded_model(config, folder).state_dict())
