@@ -35,7 +35,13 @@ TASKS = [
 
 
 def environment(run_dir: Path) -> dict[str, str]:
-    return {**os.environ, "TML_TEST_RUN": str(run_dir), "OMP_NUM_THREADS": "1"}
+    # Two ranks on the CPU over Gloo, also on a machine with one GPU.
+    return {
+        **os.environ,
+        "TML_TEST_RUN": str(run_dir),
+        "OMP_NUM_THREADS": "1",
+        "CUDA_VISIBLE_DEVICES": "",
+    }
 
 
 def run(command: list[str], run_dir: Path, timeout: float = 300) -> subprocess.CompletedProcess:
