@@ -90,6 +90,7 @@ class Trainer:
         self.settings = settings
         self.evaluate = evaluate
         self.step = 0
+        self._first_step = 0
         self.wall_time = 0.0
         self._interval = _IntervalStats(environment.device, len(settings.task_names))
 
@@ -140,8 +141,10 @@ class Trainer:
             )
             return
         iterator = PositionTrackingIterator(self.batches)
+        self._first_step = self.step  # the iterator counts batches from here
         pipeline = self._build_pipeline()
         self.model.train()
+        rates: Mapping[str, float] = {}
         with self._progress_bar() as bar:
             while self.step < settings.num_train_steps:
                 started = time.perf_counter()
@@ -153,14 +156,18 @@ class Trainer:
                 elapsed = time.perf_counter() - started
                 self.wall_time += elapsed
                 self._interval.elapsed += elapsed
+                self._interval.steps += 1
                 bar.update(1)
                 self.checkpoints.poll()
                 self._after_step(rates, iterator, pipeline)
+        if self._interval.steps:
+            self._log(rates)
         if self.step % settings.checkpoint_every_n != 0:
             self._save_checkpoint(iterator)
         if self.evaluate is not None and not self._evaluated_at(self.step):
             self._run_evaluation(pipeline)
         self.checkpoints.close()
+        self.loggers.close()
 
     def _after_step(
         self,
@@ -208,7 +215,7 @@ class Trainer:
 
     def _log(self, rates: Mapping[str, float]) -> None:
         totals = self._interval.all_reduced()
-        steps = self.settings.log_every_n
+        steps = self._interval.steps
         elapsed = max(self._interval.elapsed, 1e-9)
         examples = steps * self.settings.gradient_accumulation * self.settings.per_rank_batch_size
         metrics = {"loss": totals["loss"]}
@@ -223,7 +230,7 @@ class Trainer:
         self._interval.reset()
 
     def _save_checkpoint(self, iterator: PositionTrackingIterator) -> None:
-        consumed = self.step * self.settings.gradient_accumulation
+        consumed = (self.step - self._first_step) * self.settings.gradient_accumulation
         rank_state = {
             "data": iterator.position_after(consumed),
             "world_size": self.environment.world_size,
@@ -293,6 +300,7 @@ class _IntervalStats:
         # [loss sum, task loss sums..., micro-batch count]
         self._sums = torch.zeros(self._num_tasks + 2, dtype=torch.float64, device=self._device)
         self.elapsed = 0.0
+        self.steps = 0
 
     def add(self, outputs: Mapping[str, torch.Tensor]) -> None:
         self._sums[0] += outputs["loss"].double()

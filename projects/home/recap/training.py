@@ -138,5 +138,9 @@ def run_training(
             loaded = load_pretrained_embeddings(trainer.model, config.model.large_embeddings)
             if loaded:
                 logger.info("pretrained tables loaded: %s", ", ".join(loaded))
-    trainer.train()
+    try:
+        trainer.train()
+    finally:
+        if trainer.evaluate is not None:
+            trainer.evaluate.close()
     return trainer

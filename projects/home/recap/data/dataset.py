@@ -161,7 +161,10 @@ class RecapDataset(torch.utils.data.IterableDataset):
         self.preprocessor: Preprocessor = build_preprocessor(
             config.preprocess,
             tasks=self.tasks,
-            rates=config.tasks,
+            # Training optimises in the sampled space, which the model's calibration maps back
+            # to un-sampled rates; weighting the loss by the sampling rates as well would undo
+            # the sampling twice. Evaluation weighs examples back to un-sampled traffic.
+            rates=config.tasks if self.mode == JobMode.EVALUATE else {},
             lengths=self.plan.lengths,
             mask_mantissa=config.seg_dense_schema.mask_mantissa_features,
             with_labels=self._with_labels,
@@ -518,7 +521,10 @@ def build_dataset(
 
     Args:
         data_config: The dataset (train_data or one validation partition).
-        mode: TRAIN repeats forever, EVALUATE reads one pass, INFERENCE reads one pass in file
+        mode: TRAIN repeats forever, with weights of 1 (times downsample_negatives' scaling):
+            the model learns the sampled rates and its calibration maps them back. EVALUATE
+            reads one pass, weighing examples by the inverse sampling rates of the partition's
+            tasks. INFERENCE reads one pass in file
             order without labels (labels and weights have zero columns); the last partial batch
             is kept in EVALUATE and INFERENCE.
         tasks: The model's task names in model order; label and weight columns follow it.

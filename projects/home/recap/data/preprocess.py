@@ -98,13 +98,15 @@ class MaskMantissaStep:
 class ExampleWeightsStep:
     """Per-task weight ``label / pos_rate + (1 - label) / neg_rate`` undoing write-time sampling.
 
-    With every rate 1 the weights are all 1.
+    A task without rates (or with every rate 1) gets weight 1.
     """
 
     def __init__(self, tasks: Sequence[str], rates: Mapping[str, TaskData]):
         self._tasks = list(tasks)
-        self._positive = torch.tensor([1.0 / rates[task].pos_downsampling_rate for task in tasks])
-        self._negative = torch.tensor([1.0 / rates[task].neg_downsampling_rate for task in tasks])
+        unsampled = TaskData()
+        task_rates = [rates.get(task, unsampled) for task in tasks]
+        self._positive = torch.tensor([1.0 / rate.pos_downsampling_rate for rate in task_rates])
+        self._negative = torch.tensor([1.0 / rate.neg_downsampling_rate for rate in task_rates])
 
     def __call__(self, rows: Rows) -> Rows:
         if not self._tasks:
@@ -307,7 +309,7 @@ def build_preprocessor(
     Args:
         config: The data config's ``preprocess`` (None: no optional step).
         tasks: The model's tasks, in order: the columns of the weights.
-        rates: Every data task's sampling rates.
+        rates: Sampling rates whose inverse weighs examples (tasks left out weigh 1).
         lengths: Full length of each renamed dense feature (to resolve truncation).
         mask_mantissa: Renamed float feature -> mantissa bits zeroed.
         with_labels: False at inference: the label steps are left out.

@@ -1,9 +1,11 @@
 """Evaluation of validation partitions, during training and as a separate checkpoint follower.
 
 Each partition runs ``num_eval_steps`` batches (< 0: the whole partition) through the model and
-computes its metrics on calibrated probabilities with the partition's example weights: the
-weights undo the partition's downsampling, and calibration undoes the training data's, so both
-sides describe the un-sampled traffic (AUROC is unaffected; RCE and mean prediction depend on it).
+computes its metrics on calibrated probabilities with the partition's example weights. The
+model is trained in the training data's sampled space (its loss is not reweighted) and its
+calibration maps predictions back to un-sampled rates; the evaluation weights undo the
+partition's own sampling. Both sides then describe un-sampled traffic (AUROC is unaffected by
+either; RCE and mean prediction depend on it).
 
 Sharded tables make every forward a collective, so all ranks run the same number of forwards: a
 rank whose share is exhausted repeats its last batch without counting it until every rank is
@@ -150,6 +152,9 @@ class Evaluation:
         self.partitions = partitions
         self.loggers = loggers
         self.environment = environment
+
+    def close(self) -> None:
+        self.loggers.close()
 
     def __call__(self, model: torch.nn.Module, step: int) -> dict[str, dict[str, float]]:
         results = {}

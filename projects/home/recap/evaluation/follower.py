@@ -128,4 +128,4 @@ def run_evaluator(config: RecapConfig, environment: DistributedEnvironment) -> l
     try:
         return CheckpointFollower(config, environment, evaluation).run()
     finally:
-        evaluation.loggers.close()
+        evaluation.close()

@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from projects.home.recap.data.batch import FeatureWidths
-from projects.home.recap.data.config import RecapDataConfig
+from projects.home.recap.data.config import RecapDataConfig, TruncateAndSlice
 from projects.home.recap.data.preprocess import PreprocessError, TruncateAndSliceStep
 from projects.home.recap.model.config import (
     ClipLog1pAbsConfig,
@@ -179,8 +179,13 @@ def load_z_score_statistics(
     steps = data_config.preprocess.truncate_and_slice if data_config.preprocess else None
     columns = np.arange(len(mean))
     if steps is not None:
+        # Only the continuous part of the step applies to these statistics.
+        continuous_only = TruncateAndSlice(
+            continuous_feature_truncation=steps.continuous_feature_truncation,
+            continuous_feature_mask_path=steps.continuous_feature_mask_path,
+        )
         try:
-            selection = TruncateAndSliceStep(steps, {"continuous": len(mean)}).selection(
+            selection = TruncateAndSliceStep(continuous_only, {"continuous": len(mean)}).selection(
                 "continuous"
             )
         except PreprocessError as error:

@@ -120,26 +120,31 @@ def test_each_group_follows_its_schedule_and_a_tower_at_zero_stays(tmp_path, ini
 
 
 def test_stop_and_resume_equals_straight_through(tmp_path, initial_weights):
+    # Stops past the pipeline's read-ahead, and resumes twice (from a checkpoint written after
+    # a resume), so every data position saved is checked.
     start = f"training.initial_checkpoint_dir={initial_weights}"
-    straight = tiny_config(tmp_path / "straight", start)
+    length = ("training.num_train_steps=10", "training.checkpoint_every_n=3")
+    straight = tiny_config(tmp_path / "straight", start, *length)
     run_on_ranks(train_job, 2, straight, workdir=tmp_path)
 
-    stopped = tiny_config(tmp_path / "stopped", start, "training.num_train_steps=2")
-    assert run_on_ranks(train_job, 2, stopped, workdir=tmp_path) == [2, 2]
-    torn = tmp_path / "stopped" / "checkpoints" / "step_3"
+    stopped = tiny_config(tmp_path / "stopped", start, *length, "training.num_train_steps=6")
+    assert run_on_ranks(train_job, 2, stopped, workdir=tmp_path) == [6, 6]
+    torn = tmp_path / "stopped" / "checkpoints" / "step_7"
     torn.mkdir()
     (torn / "__0_0.distcp").write_bytes(b"half a write")
-    resumed = tiny_config(tmp_path / "stopped", start)
-    assert run_on_ranks(train_job, 2, resumed, workdir=tmp_path) == [4, 4]
-
+    once = tiny_config(tmp_path / "stopped", start, *length, "training.num_train_steps=8")
+    assert run_on_ranks(train_job, 2, once, workdir=tmp_path) == [8, 8]
     assert not torn.exists()
-    assert [r["step"] for r in logged(tmp_path / "stopped")] == [1, 2, 3, 4]
+    resumed = tiny_config(tmp_path / "stopped", start, *length)
+    assert run_on_ranks(train_job, 2, resumed, workdir=tmp_path) == [10, 10]
+
+    assert [r["step"] for r in logged(tmp_path / "stopped")] == list(range(1, 11))
     assert losses(tmp_path / "stopped") == pytest.approx(losses(tmp_path / "straight"), rel=1e-6)
-    assert_same_parameters(full_parameters(resumed, 4), full_parameters(straight, 4))
+    assert_same_parameters(full_parameters(resumed, 10), full_parameters(straight, 10))
 
     # Already at num_train_steps: the job ends at once, training nothing.
-    assert run_on_ranks(train_job, 2, resumed, workdir=tmp_path) == [4, 4]
-    assert len(logged(tmp_path / "stopped")) == 4
+    assert run_on_ranks(train_job, 2, resumed, workdir=tmp_path) == [10, 10]
+    assert len(logged(tmp_path / "stopped")) == 10
 
 
 def test_gradient_accumulation_equals_a_batch_n_times_larger(tmp_path, initial_weights):

@@ -55,6 +55,9 @@ def test_batch_contents_labels_by_name_and_weights(write_files, make_config):
         assert batch.extra_features["meta__user_id"].flatten().tolist() == (ids * 7919).tolist()
         assert batch.sparse_features is None
     assert sorted(itertools.chain.from_iterable(map(ids_of, batches))) == list(range(17))
+    # Training stays in the sampled space (the model's calibration maps back): weights of 1.
+    training = next(iter(build_dataset(config, mode=JobMode.TRAIN, tasks=TASKS)))
+    assert training.weights.tolist() == [[1.0, 1.0]] * 4
 
 
 def test_only_needed_columns_are_read(write_files, make_config):

@@ -96,6 +96,8 @@ def test_z_score_log_selects_the_kept_columns_by_hand(recap, tmp_path):
             "truncate_and_slice": {
                 "continuous_feature_truncation": 4,
                 "continuous_feature_mask_path": str(tmp_path / "mask.npy"),
+                # Production configs truncate binary too; it must not affect the statistics.
+                "binary_feature_truncation": 2,
             }
         }
     )
