@@ -19,6 +19,8 @@ from collections.abc import Iterator
 import torch
 import torch.distributed as dist
 
+from tml.core.errors import UserInputError
+
 logger = logging.getLogger(__name__)
 
 _TORCHRUN_VARIABLES = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE")
@@ -40,10 +42,6 @@ class DistributedEnvironment:
         """Whether this is rank 0, which logs, writes shared files and prints the plan."""
         return self.rank == 0
 
-    @property
-    def num_nodes(self) -> int:
-        return max(1, self.world_size // self.local_world_size)
-
 
 def init_distributed(
     device_type: str | None = None, timeout: datetime.timedelta = datetime.timedelta(minutes=30)
@@ -56,7 +54,15 @@ def init_distributed(
     """
     if dist.is_initialized():
         raise RuntimeError("the process group is already initialised")
-    launched = all(name in os.environ for name in _TORCHRUN_VARIABLES)
+    present = [name for name in _TORCHRUN_VARIABLES if name in os.environ]
+    launched = len(present) == len(_TORCHRUN_VARIABLES)
+    if present and not launched:
+        # Half a launcher environment would make each process train alone on a share of data.
+        missing = [name for name in _TORCHRUN_VARIABLES if name not in os.environ]
+        raise UserInputError(
+            f"the environment sets {present} but not {missing}: launch with torchrun, or set "
+            "none of them for a single process"
+        )
     rank = int(os.environ.get("RANK", 0))
     world_size = int(os.environ.get("WORLD_SIZE", 1))
     local_rank = int(os.environ.get("LOCAL_RANK", 0))

@@ -16,7 +16,7 @@ import sys
 import pydantic
 
 from projects.home.recap.data.config import RecapDataConfig
-from projects.home.recap.model.config import ModelConfig
+from projects.home.recap.model.config import ModelConfig, shared_parameter_sources
 from projects.home.recap.optimizer.config import RecapOptimizerConfig
 from tml.core.config import BaseConfig, ConfigError, ConfigValueError, Field, load_config_from_yaml
 
@@ -205,9 +205,13 @@ class RecapConfig(BaseConfig):
                     f"model task '{task}' has no tower learning rate",
                     (*where, "tower_learning_rates"),
                 )
-        if self.model.backbone is not None and rates.backbone_learning_rate is None:
+        shared = shared_parameter_sources(
+            self.model, self.train_data.seg_dense_schema.renamed_features
+        )
+        if shared and rates.backbone_learning_rate is None:
             raise ConfigValueError(
-                "the model has a backbone, so it needs a backbone learning rate",
+                f"the model has parameters outside its towers ({', '.join(shared)}), trained "
+                "at the backbone learning rate, which is not set",
                 (*where, "backbone_learning_rate"),
             )
         return self

@@ -83,14 +83,7 @@ def table_constraints(
             _check_supported(table.name, "compute_kernels", kernels, CPU_COMPUTE_KERNELS)
             sharding_types = sharding_types or sorted(CPU_SHARDING_TYPES)
             kernels = kernels or sorted(CPU_COMPUTE_KERNELS)
-        if replicate_tables:
-            if table.sharding_types is not None and (
-                ShardingType.DATA_PARALLEL not in table.sharding_types
-            ):
-                raise ShardingError(
-                    f"table {table.name}: gradient accumulation needs replicated tables "
-                    f"(sharding type data_parallel), got {[t.value for t in table.sharding_types]}"
-                )
+        if replicate_tables:  # allowed by the config check of gradient_accumulation
             sharding_types = [ShardingType.DATA_PARALLEL]
             kernels = [ComputeKernel.DENSE]
         constraints[table.name] = ParameterConstraints(
@@ -159,7 +152,15 @@ def shard_model(
         storage_reservation=FixedPercentageStorageReservation(_RESERVED_MEMORY),
         debug=False,
     )
-    plan = planner.collective_plan(model, sharders, dist.GroupMember.WORLD)
+    try:
+        plan = planner.collective_plan(model, sharders, dist.GroupMember.WORLD)
+    except RuntimeError as error:
+        # e.g. tables too large for the devices, or constraints no sharder can meet.
+        reason = str(error).splitlines()[0]
+        raise ShardingError(
+            f"torchrec's planner found no placement for the tables: {reason}"
+        ) from None
+
     if environment.is_main and plan.plan:
         logger.info("sharding plan:\n%s", format_plan(plan))
     return DistributedModelParallel(model, device=environment.device, plan=plan, sharders=sharders)

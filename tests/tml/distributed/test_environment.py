@@ -1,5 +1,9 @@
+import pytest
 import torch
 import torch.distributed as dist
+
+from tml.core.errors import UserInputError
+from tml.distributed import init_distributed
 
 
 def test_single_process_without_torchrun_gets_a_group(single_process_group):
@@ -12,3 +16,13 @@ def test_single_process_without_torchrun_gets_a_group(single_process_group):
     value = torch.ones(3)
     dist.all_reduce(value)
     assert value.tolist() == [1.0, 1.0, 1.0]
+
+
+def test_half_a_launcher_environment_is_refused(monkeypatch):
+    for name in ("LOCAL_RANK", "LOCAL_WORLD_SIZE"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("RANK", "1")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    with pytest.raises(UserInputError, match="launch with torchrun"):
+        init_distributed("cpu")
+    assert not dist.is_initialized()

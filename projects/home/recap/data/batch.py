@@ -10,6 +10,10 @@ import torch
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 from torchrec.streamable import Pipelineable
 
+from projects.home.recap.data.config import TWHIN_EMBEDDINGS
+
+__all__ = ["TWHIN_EMBEDDINGS", "FeatureWidths", "RecapBatch"]
+
 
 @dataclasses.dataclass(frozen=True)
 class FeatureWidths:
@@ -27,9 +31,6 @@ class FeatureWidths:
     binary: int
     discrete: int
     embeddings: dict[str, int]
-
-
-TWHIN_EMBEDDINGS = ("user_embedding", "user_eng_embedding", "author_embedding")
 
 
 @dataclasses.dataclass

@@ -6,7 +6,7 @@ import enum
 
 import pydantic
 
-from tml.core.config import BaseConfig, Field
+from tml.core.config import BaseConfig, ConfigValueError, Field
 from tml.optimizers.config import LearningRate
 
 
@@ -28,6 +28,19 @@ class ComputeKernel(enum.StrEnum):
     FUSED = "fused"
     FUSED_UVM = "fused_uvm"
     FUSED_UVM_CACHING = "fused_uvm_caching"
+
+
+# The compute kernels torchrec offers for each sharding type.
+KERNELS_OF_SHARDING: dict[ShardingType, frozenset[ComputeKernel]] = {
+    kind: (
+        frozenset({ComputeKernel.DENSE})
+        if kind == ShardingType.DATA_PARALLEL
+        else frozenset(
+            {ComputeKernel.FUSED, ComputeKernel.FUSED_UVM, ComputeKernel.FUSED_UVM_CACHING}
+        )
+    )
+    for kind in ShardingType
+}
 
 
 class EmbeddingSnapshot(BaseConfig):
@@ -64,8 +77,23 @@ class EmbeddingBagConfig(BaseConfig):
         "table_column_wise).",
     )
     compute_kernels: list[ComputeKernel] | None = Field(
-        None, description="Compute kernels the planner may choose from (default: any)."
+        None,
+        description="Compute kernels the planner may choose from (default: any); torchrec runs "
+        "replicated (data_parallel) tables on the dense kernel and sharded ones on fused kernels.",
     )
+
+    @pydantic.model_validator(mode="after")
+    def _check_placement_can_exist(self) -> EmbeddingBagConfig:
+        types = self.sharding_types or list(ShardingType)
+        kernels = self.compute_kernels or list(ComputeKernel)
+        if not any(kernel in KERNELS_OF_SHARDING[kind] for kind in types for kernel in kernels):
+            raise ConfigValueError(
+                f"no sharding type in {[t.value for t in types]} runs on a compute kernel in "
+                f"{[k.value for k in kernels]}: torchrec runs data_parallel tables on 'dense' and "
+                "sharded ones on 'fused' kernels",
+                ("compute_kernels",),
+            )
+        return self
 
 
 class EmbeddingOptimizerConfig(BaseConfig):

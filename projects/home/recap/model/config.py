@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import enum
+from collections.abc import Iterable
 
 import pydantic
 
+from projects.home.recap.data.config import TWHIN_EMBEDDINGS
 from projects.home.recap.embedding.config import (
     LargeEmbeddingsConfig,
     SmallEmbeddingsConfig,
@@ -421,6 +423,35 @@ def _single_logit_problem(tower: TaskModel) -> str | None:
         last = dcn.parallel_mlp.layer_sizes[-1]
         return None if last == 1 else f"dcn_config.parallel_mlp.layer_sizes ends in {last}"
     return "a DCN tower's cross network is as wide as its input; add an output_mlp ending in 1"
+
+
+def shared_parameter_sources(config: ModelConfig, renamed_features: Iterable[str]) -> list[str]:
+    """What gives the model trainable parameters outside the towers (the backbone group).
+
+    Args:
+        config: The model.
+        renamed_features: The training data's renamed features (TwHIN LayerNorms exist for the
+            embeddings among them).
+    """
+    sources = []
+    if config.backbone is not None:
+        sources.append("backbone")
+    featurization = config.featurization_config
+    double_norm = featurization.double_norm_log_config if featurization else None
+    if double_norm is not None:
+        if double_norm.batch_norm_config is not None and double_norm.batch_norm_config.affine:
+            sources.append("featurization batch norm")
+        if double_norm.layer_norm_config is not None and double_norm.layer_norm_config.center:
+            sources.append("featurization layer norm")
+    z_score = featurization.z_score_log_config if featurization else None
+    if z_score is not None and z_score.use_batch_norm:
+        sources.append("featurization batch norm")
+    sources.extend(f"{name} layer norm" for name in TWHIN_EMBEDDINGS if name in renamed_features)
+    if config.small_embeddings is not None:
+        sources.append("small embeddings")
+    if config.position_debias_config is not None:
+        sources.append("position debias")
+    return sources
 
 
 def module_key(task: str) -> str:

@@ -113,8 +113,16 @@ class TwhinNorms(nn.Module):
         self.out_features = sum(widths.values())
 
     def forward(self, embeddings: dict[str, torch.Tensor]) -> list[torch.Tensor]:
-        # TwHIN vectors may arrive down-cast; LayerNorm runs in fp32.
-        return [norm(embeddings[name].to(torch.float32)) for name, norm in self.norms.items()]
+        # TwHIN vectors may arrive down-cast, and missing values as NaN: LayerNorm runs in fp32
+        # on cleaned values (one NaN would otherwise poison the whole batch's loss).
+        return [
+            norm(
+                torch.nan_to_num(
+                    embeddings[name].to(torch.float32), nan=0.0, posinf=0.0, neginf=0.0
+                )
+            )
+            for name, norm in self.norms.items()
+        ]
 
 
 def load_pretrained_embeddings(model: nn.Module, config: LargeEmbeddingsConfig | None) -> list[str]:

@@ -142,6 +142,27 @@ MISTAKES = [
     ),
     pytest.param(
         [
+            "model.multi_task_type=share_none",
+            "model.backbone=null",
+            "optimizer.multi_task_learning_rates.backbone_learning_rate=null",
+        ],
+        "optimizer.multi_task_learning_rates.backbone_learning_rate: the model has parameters "
+        "outside its towers (featurization batch norm, featurization layer norm, user_embedding "
+        "layer norm, user_eng_embedding layer norm, author_embedding layer norm)",
+        id="shared parameters without a backbone learning rate",
+    ),
+    pytest.param(
+        [
+            "model.large_embeddings={tables: [{name: meta__user_id, num_embeddings: 10, "
+            "embedding_dim: 4, sharding_types: [table_wise], compute_kernels: [dense]}], "
+            "optimizer: {init_learning_rate: 0.1}}"
+        ],
+        "model.large_embeddings.tables[0].compute_kernels: no sharding type in ['table_wise'] "
+        "runs on a compute kernel in ['dense']",
+        id="sharding type without a kernel",
+    ),
+    pytest.param(
+        [
             "model.large_embeddings={tables: [{name: unknown_ids, num_embeddings: 10, "
             "embedding_dim: 4}], optimizer: {init_learning_rate: 0.1}}"
         ],
