@@ -13,16 +13,19 @@ The loader applies the same feature preprocessing as in training, without labels
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterable
 from pathlib import Path
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
+import torch.distributed as dist
 
 from projects.home.recap.config import JobMode, RecapConfig
 from projects.home.recap.data.batch import RecapBatch
 from projects.home.recap.data.dataset import build_dataset
-from projects.home.recap.evaluation.evaluator import lockstep_batches
+from projects.home.recap.evaluation.evaluator import agreed_steps, lockstep_batches
 from projects.home.recap.training import build_sharded_model
 from tml.checkpoint import load_checkpoint, resolve_checkpoint
 from tml.core.errors import UserInputError
@@ -38,25 +41,40 @@ ID_COLUMNS = {
 }
 
 
-def prediction_columns(
+def prediction_schema(renamed_features: Iterable[str], tasks: list[str]) -> pa.Schema:
+    """The columns of the predictions files: the ids the data provides, then per task."""
+    fields = [
+        pa.field(column, pa.int64())
+        for column, feature in ID_COLUMNS.items()
+        if feature in renamed_features
+    ]
+    for task in tasks:
+        fields.append(pa.field(f"probability/{task}", pa.float32()))
+        fields.append(pa.field(f"calibrated_probability/{task}", pa.float32()))
+    fields.append(pa.field("score", pa.float64()))
+    return pa.schema(fields)
+
+
+def prediction_table(
     batch: RecapBatch,
     outputs: dict[str, torch.Tensor],
     tasks: list[str],
     ranking_weights: dict[str, float],
-) -> dict[str, torch.Tensor]:
-    """One batch's output columns, as 1-D CPU tensors."""
-    columns: dict[str, torch.Tensor] = {}
+    schema: pa.Schema,
+) -> pa.Table:
+    """One batch's predictions as rows of ``schema``."""
+    columns: dict[str, np.ndarray] = {}
     for column, feature in ID_COLUMNS.items():
-        if feature in batch.extra_features:
-            columns[column] = batch.extra_features[feature].reshape(-1).cpu()
+        if column in schema.names:
+            columns[column] = batch.extra_features[feature].reshape(-1).cpu().numpy()
     probabilities = outputs["probabilities"].float().cpu()
     calibrated = outputs["calibrated_probabilities"].float().cpu()
     for index, task in enumerate(tasks):
-        columns[f"probability/{task}"] = probabilities[:, index]
-        columns[f"calibrated_probability/{task}"] = calibrated[:, index]
-    weights = torch.tensor([ranking_weights.get(task, 0.0) for task in tasks])
-    columns["score"] = calibrated.double() @ weights.double()
-    return columns
+        columns[f"probability/{task}"] = probabilities[:, index].numpy()
+        columns[f"calibrated_probability/{task}"] = calibrated[:, index].numpy()
+    weights = torch.tensor([ranking_weights.get(task, 0.0) for task in tasks], dtype=torch.float64)
+    columns["score"] = (calibrated.double() @ weights).numpy()
+    return pa.table(columns, schema=schema)
 
 
 def run_inference(config: RecapConfig, environment: DistributedEnvironment) -> Path:
@@ -87,29 +105,25 @@ def run_inference(config: RecapConfig, environment: DistributedEnvironment) -> P
         or Path(config.training.save_dir) / "predictions" / checkpoint.name
     )
     output_dir.mkdir(parents=True, exist_ok=True)
+    if environment.is_main:
+        # Files of an earlier run (maybe with another number of ranks) would mix in old rows.
+        for stale in output_dir.glob("predictions-*-of-*.parquet"):
+            stale.unlink()
+    if dist.is_initialized():
+        dist.barrier()
     path = output_dir / f"predictions-{environment.rank}-of-{environment.world_size}.parquet"
     weights = config.ranking_weights()
+    schema = prediction_schema(data_config.seg_dense_schema.renamed_features, tasks)
     rows = 0
-    writer: pq.ParquetWriter | None = None
-    try:
-        with torch.no_grad():
-            for batch, counted in lockstep_batches(dataset, -1, environment.device):
-                outputs = _outputs_of(model, batch)
-                if not counted:
-                    continue
-                table = pa.table(
-                    {
-                        k: v.numpy()
-                        for k, v in prediction_columns(batch, outputs, tasks, weights).items()
-                    }
-                )
-                if writer is None:
-                    writer = pq.ParquetWriter(path, table.schema, compression="zstd")
+    # Every rank writes its file, empty if its share is, so the folder always has them all.
+    with pq.ParquetWriter(path, schema, compression="zstd") as writer, torch.no_grad():
+        steps = agreed_steps(dataset.batches_per_pass, -1, environment.device)
+        for batch, counted in lockstep_batches(dataset, steps, environment.device):
+            outputs = _outputs_of(model, batch)
+            if counted:
+                table = prediction_table(batch, outputs, tasks, weights, schema)
                 writer.write_table(table)
                 rows += table.num_rows
-    finally:
-        if writer is not None:
-            writer.close()
     logger.info(
         "rank %d scored %d rows of '%s' with %s into %s",
         environment.rank,

@@ -7,9 +7,9 @@ calibration maps predictions back to un-sampled rates; the evaluation weights un
 partition's own sampling. Both sides then describe un-sampled traffic (AUROC is unaffected by
 either; RCE and mean prediction depend on it).
 
-Sharded tables make every forward a collective, so all ranks run the same number of forwards: a
-rank whose share is exhausted repeats its last batch without counting it until every rank is
-done.
+Sharded tables make every forward a collective, so all ranks run the same number of forwards,
+agreed once per evaluation: a rank whose share is exhausted repeats its last batch without
+counting it until every rank is done.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ import json
 import logging
 import math
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import torch
@@ -28,7 +28,9 @@ from projects.home.recap.config import JobMode, RecapConfig
 from projects.home.recap.data.batch import RecapBatch
 from projects.home.recap.data.config import RecapDataConfig
 from projects.home.recap.data.dataset import build_dataset
+from projects.home.recap.data.features import feature_widths
 from projects.home.recap.evaluation.metrics import build_metrics
+from tml.core.errors import UserInputError
 from tml.distributed import DistributedEnvironment
 from tml.observability.metric_loggers import MetricLoggers, build_metric_loggers
 
@@ -40,11 +42,18 @@ _SUMMARY_METRICS = ("auroc", "rce")
 class PartitionEvaluator:
     """Evaluates the model on one validation partition.
 
+    The partition's loader is built once (files, footers, vocabularies, ``cache``) and rewound
+    before each evaluation, which therefore reads the same examples every time.
+
     Args:
         name: The partition's name in ``validation_data``.
         data_config: The partition.
         config: The job's config (model tasks, metric set, stratifiers, eval length).
         environment: This process's place in the job.
+
+    Raises:
+        UserInputError: the partition's features differ in width from the training data's
+            (the model could not read them), or its files cannot be read.
     """
 
     def __init__(
@@ -59,37 +68,51 @@ class PartitionEvaluator:
         self.config = config
         self.environment = environment
         self.tasks = list(config.model.tasks)
+        widths, trained = feature_widths(data_config), feature_widths(config.train_data)
+        if widths != trained:
+            raise UserInputError(
+                f"validation_data.{name}: its features are {widths}, but the model is built for "
+                f"the training data's {trained}; use the same schema and preprocessing"
+            )
+        try:
+            self.dataset = build_dataset(
+                data_config,
+                mode=JobMode.EVALUATE,
+                tasks=self.tasks,
+                large_embeddings=config.model.large_embeddings,
+                rank=environment.rank,
+                world_size=environment.world_size,
+                seed=config.training.seed,
+            )
+        except UserInputError as error:
+            raise UserInputError(f"validation_data.{name}: {error}") from None
+        self._start = self.dataset.state_dict()
+        self.metrics = build_metrics(
+            self.tasks,
+            config.which_metrics,
+            config.model.stratifiers,
+            evaluation_tasks=data_config.evaluation_tasks,
+            prediction_key="calibrated_probabilities",
+        ).to(environment.device)
 
     def evaluate(self, model: torch.nn.Module) -> dict[str, float]:
         """Metrics (and the mean loss) of one pass over the partition, the same on every rank."""
-        metrics = build_metrics(
-            self.tasks,
-            self.config.which_metrics,
-            self.config.model.stratifiers,
-            evaluation_tasks=self.data_config.evaluation_tasks,
-            prediction_key="calibrated_probabilities",
-        ).to(self.environment.device)
-        dataset = build_dataset(
-            self.data_config,
-            mode=JobMode.EVALUATE,
-            tasks=self.tasks,
-            large_embeddings=self.config.model.large_embeddings,
-            rank=self.environment.rank,
-            world_size=self.environment.world_size,
-            seed=self.config.training.seed,
+        self.dataset.load_state_dict(self._start)
+        self.metrics.reset()
+        device = self.environment.device
+        steps = agreed_steps(
+            self.dataset.batches_per_pass, self.config.training.num_eval_steps, device
         )
-        loss_sum = torch.zeros(2, dtype=torch.float64, device=self.environment.device)
+        loss_sum = torch.zeros(2, dtype=torch.float64, device=device)
         model.eval()
         with torch.no_grad():
-            for batch, counted in lockstep_batches(
-                dataset, self.config.training.num_eval_steps, self.environment.device
-            ):
+            for batch, counted in lockstep_batches(self.dataset, steps, device):
                 loss, outputs = model(batch)
                 if counted:
-                    metrics.update(outputs)
+                    self.metrics.update(outputs)
                     loss_sum[0] += loss.double() * batch.batch_size
                     loss_sum[1] += batch.batch_size
-        results = metrics.compute()
+        results = self.metrics.compute()
         if dist.is_initialized() and dist.get_world_size() > 1:
             dist.all_reduce(loss_sum)
         results["loss"] = (loss_sum[0] / loss_sum[1]).item() if loss_sum[1] > 0 else math.nan
@@ -97,43 +120,39 @@ class PartitionEvaluator:
         return results
 
 
+def agreed_steps(batches: int, num_steps: int, device: torch.device) -> int:
+    """The number of forwards every rank runs: the largest share's batches (all of every
+    share's rows), capped at ``num_steps`` when it is not negative. One collective."""
+    if dist.is_initialized() and dist.get_world_size() > 1:
+        count = torch.tensor([batches], dtype=torch.int64, device=device)
+        dist.all_reduce(count, op=dist.ReduceOp.MAX)
+        batches = int(count.item())
+    return batches if num_steps < 0 else min(batches, num_steps)
+
+
 def lockstep_batches(
-    dataset: object, num_steps: int, device: torch.device
+    dataset: Iterable[RecapBatch], steps: int, device: torch.device
 ) -> Iterator[tuple[RecapBatch, bool]]:
-    """Batches on ``device``, flagged whether they count, until every rank is done.
+    """Exactly ``steps`` batches on ``device``, each flagged whether it counts.
 
-    Args:
-        dataset: One rank's share (iterable of batches).
-        num_steps: Stop after this many steps; < 0 for the whole share of every rank.
-        device: Where batches go.
-
-    Yields:
-        ``(batch, counted)``; after this rank's share ends, its last batch again with
-        ``counted=False`` while other ranks still have batches.
+    Sharded tables make every forward a collective, so every rank runs the same number of them
+    (see :func:`agreed_steps`); a rank whose share ends first repeats its last batch with
+    ``counted=False``.
     """
     iterator = iter(dataset)
     last: RecapBatch | None = None
-    step = 0
-    while num_steps < 0 or step < num_steps:
+    for _ in range(steps):
         batch = next(iterator, None)
-        if not _any_rank_has(batch is not None, device):
-            return
         if batch is not None:
             last = batch.to(device)
             yield last, True
         elif last is not None:
             yield last, False
         else:
-            raise RuntimeError("a rank got no evaluation batch at all while others did")
-        step += 1
-
-
-def _any_rank_has(value: bool, device: torch.device) -> bool:
-    if not (dist.is_initialized() and dist.get_world_size() > 1):
-        return value
-    flag = torch.tensor([1.0 if value else 0.0], device=device)
-    dist.all_reduce(flag, op=dist.ReduceOp.MAX)
-    return bool(flag.item())
+            raise UserInputError(
+                "a rank got no batch at all from its share of the data while others did; "
+                "write more files or row groups than ranks"
+            )
 
 
 class Evaluation:

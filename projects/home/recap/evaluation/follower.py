@@ -72,7 +72,10 @@ class CheckpointFollower:
         evaluated: list[int] = []
         last_progress = time.monotonic()
         while True:
-            step, pending = self._next_checkpoint()
+            step, pending, finished = self._next_checkpoint()
+            if finished:
+                logger.info("the final step %d is evaluated: stopping", final_step)
+                return evaluated
             if step is None:
                 if time.monotonic() - last_progress > timeout:
                     logger.info("no new checkpoint for %.0f s: stopping", timeout)
@@ -82,30 +85,36 @@ class CheckpointFollower:
             self._evaluate(step, pending)
             evaluated.append(step)
             last_progress = time.monotonic()
-            if step >= final_step:
-                logger.info("evaluated the final step %d: stopping", step)
-                return evaluated
 
-    def _next_checkpoint(self) -> tuple[int | None, list[str]]:
-        """The oldest complete checkpoint with partitions still to evaluate, and those
-        partitions; rank 0 decides so that every rank agrees."""
-        choice: list[object] = [None, []]
+    def _next_checkpoint(self) -> tuple[int | None, list[str], bool]:
+        """The oldest complete checkpoint with partitions still to evaluate, those partitions,
+        and whether the final step is done; rank 0 decides so that every rank agrees."""
+        choice: list[object] = [None, [], False]
         if self.environment.is_main:
+            final_step = self.config.training.num_train_steps
             for step in complete_steps(self.directory):
-                folder = checkpoint_folder(self.directory, step)
-                pending = [
-                    partition.name
-                    for partition in self.evaluation.partitions
-                    if not results_file(folder, partition.name).exists()
-                ]
+                pending = self._pending(step)
                 if pending:
-                    choice = [step, pending]
+                    choice = [step, pending, False]
+                    break
+                if step >= final_step:
+                    choice = [None, [], True]
                     break
         if dist.is_initialized() and dist.get_world_size() > 1:
             dist.broadcast_object_list(choice, src=0)
-        return choice[0], choice[1]
+        return choice[0], choice[1], choice[2]
+
+    def _pending(self, step: int) -> list[str]:
+        folder = checkpoint_folder(self.directory, step)
+        return [
+            partition.name
+            for partition in self.evaluation.partitions
+            if not results_file(folder, partition.name).exists()
+        ]
 
     def _evaluate(self, step: int, pending: list[str]) -> None:
+        # A training job's checkpoint_max_to_keep may prune this folder while it is read; the
+        # oldest unevaluated one is taken first, so a follower that keeps up is not affected.
         folder = checkpoint_folder(self.directory, step)
         state = {"model": self.model.state_dict()}
         load_checkpoint(folder, state, self.environment.rank)
@@ -116,6 +125,8 @@ class CheckpointFollower:
         if self.environment.is_main:
             for name, metrics in results.items():
                 write_results(results_file(folder, name), step, metrics)
+            if step >= self.config.training.num_train_steps:
+                logger.info("evaluated the final step %d", step)
 
 
 def run_evaluator(config: RecapConfig, environment: DistributedEnvironment) -> list[int]:
