@@ -89,7 +89,9 @@ class DownCast(BaseConfig):
     """Cast selected features to narrower types before transfer."""
 
     features: dict[str, DataType] = Field(
-        description="Renamed feature name (continuous, binary, ...) -> type."
+        description="Renamed feature name (continuous, binary, ...) -> type. Float features "
+        "take float types; integer ones also bool and uint8 (which keeps values mod 256); ids "
+        "of large tables stay int64."
     )
 
 

@@ -213,10 +213,20 @@ class RecapDataset(torch.utils.data.IterableDataset):
             return None
 
     def _open_share(self, paths: list[str]) -> tuple[list[DataFile], list[_Unit]]:
-        """This rank's files and row groups, in canonical (sorted) order."""
+        """This rank's files and row groups, in canonical (sorted) order.
+
+        With at least as many files as ranks, whole files are shared out, balanced by rows (a
+        rank with a smaller share would repeat its examples more often in training); with
+        fewer, row groups are dealt round-robin.
+        """
         by_file = len(paths) >= self.world_size
-        candidates = paths[self.rank :: self.world_size] if by_file else paths
-        files = [data_file for path in candidates if (data_file := self._open(path)) is not None]
+        candidates = paths
+        opened = [data_file for path in paths if (data_file := self._open(path)) is not None]
+        if by_file:
+            owners = balanced_owners([data_file.num_rows for data_file in opened], self.world_size)
+            files = [f for f, owner in zip(opened, owners, strict=True) if owner == self.rank]
+        else:
+            files = opened
         units = [
             _Unit(index, row_group, rows)
             for index, data_file in enumerate(files)
@@ -232,8 +242,8 @@ class RecapDataset(torch.utils.data.IterableDataset):
             units = units[self.rank :: self.world_size]
         if not units:
             raise DatasetError(
-                f"rank {self.rank}: none of its {len(candidates)} files holds a readable row "
-                f"({len(self.skipped_files)} skipped)"
+                f"rank {self.rank}: none of the {len(candidates)} files gives it a readable row "
+                f"({len(self.skipped_files)} skipped); write more files than ranks"
             )
         return files, units
 
@@ -505,6 +515,18 @@ class RecapDataset(torch.utils.data.IterableDataset):
             # next pass.
             self._epoch, self._offset = self._epoch + 1, 0
             self._history.append((self._epoch, self._offset))
+
+
+def balanced_owners(sizes: Sequence[int], ranks: int) -> list[int]:
+    """The rank each item goes to: largest first, to the least loaded rank (ties: lowest), the
+    same on every rank."""
+    owners = [0] * len(sizes)
+    loads = [0] * ranks
+    for item in sorted(range(len(sizes)), key=lambda index: (-sizes[index], index)):
+        owner = min(range(ranks), key=lambda rank: (loads[rank], rank))
+        owners[item] = owner
+        loads[owner] += sizes[item]
+    return owners
 
 
 def build_dataset(

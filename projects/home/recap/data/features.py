@@ -13,7 +13,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from projects.home.recap.data.batch import TWHIN_EMBEDDINGS, FeatureWidths
-from projects.home.recap.data.config import RecapDataConfig, RectifyLabels
+from projects.home.recap.data.config import DataType, RecapDataConfig, RectifyLabels
 from projects.home.recap.data.parquet_format import FeatureRead
 from projects.home.recap.data.preprocess import TruncateAndSliceStep
 from projects.home.recap.data.schema import (
@@ -24,6 +24,15 @@ from projects.home.recap.data.schema import (
     load_schema,
 )
 from projects.home.recap.embedding.config import LargeEmbeddingsConfig
+
+# The types a feature may be cast to: floats stay floats; integers (flags, counts, ids) may also
+# become bool or uint8 where their values fit.
+_FLOATS = frozenset({DataType.BFLOAT16, DataType.FLOAT16, DataType.FLOAT32})
+DOWNCASTS: dict[FeatureDtype, frozenset[DataType]] = {
+    FeatureDtype.FLOAT_LIST: _FLOATS,
+    FeatureDtype.INT64_LIST: _FLOATS | {DataType.BOOL, DataType.UINT8},
+    FeatureDtype.BYTES_LIST: frozenset(),
+}
 
 # Renamed features with a fixed place in RecapBatch -> the schema dtype they need.
 DENSE_FEATURES: dict[str, FeatureDtype] = {
@@ -203,14 +212,26 @@ class _Planner:
             selections[schema_name] = selection
         return widths, selections
 
-    def check_downcast(self) -> None:
+    def check_downcast(self, large_embeddings: LargeEmbeddingsConfig | None) -> None:
         if self.steps is None or self.steps.downcast is None:
             return
-        for name in self.steps.downcast.features:
+        tables = {table.name for table in large_embeddings.tables} if large_embeddings else set()
+        for name, kind in self.steps.downcast.features.items():
+            where = f"preprocess.downcast.features.{name}"
             if name not in self.exposed:
                 raise SchemaError(
-                    f"preprocess.downcast.features.{name}: no feature of that name is read "
-                    f"(read: {', '.join(self.exposed)})"
+                    f"{where}: no feature of that name is read (read: {', '.join(self.exposed)})"
+                )
+            if name in tables:
+                raise SchemaError(
+                    f"{where}: '{name}' feeds a large embedding table; its ids must stay int64"
+                )
+            allowed = DOWNCASTS[self.exposed[name].dtype]
+            if kind not in allowed:
+                raise SchemaError(
+                    f"{where}: {kind.value} cannot hold the values of this "
+                    f"{self.exposed[name].dtype.value} feature (choose from "
+                    f"{', '.join(sorted(choice.value for choice in allowed))})"
                 )
 
     def extracted(self, widths: dict[str, int], labels: list[str]) -> list[str]:
@@ -263,7 +284,7 @@ def plan_features(
     labels = planner.labels(tasks, with_labels)
     lengths = {name: spec.length for name, spec in planner.exposed.items()}
     widths, selections = planner.truncation()
-    planner.check_downcast()
+    planner.check_downcast(large_embeddings)
     extracted = planner.extracted(widths, labels)
     reads = [FeatureRead(spec, selections.get(name)) for name, spec in planner.specs.items()]
     return FeaturePlan(

@@ -140,6 +140,19 @@ def test_two_ranks_read_disjoint_shares_covering_every_example(write_files, make
         assert sorted(stream[:share]) == sorted(seen[rank])
 
 
+def test_files_are_shared_out_balanced_by_rows(write_files, make_config):
+    # Every other file would give one rank 20 rows and the other 2.
+    write_files([10, 1, 1, 1, 9], row_group_size=3)
+    config = make_config(global_batch_size=4)
+    rows = [
+        build_dataset(
+            config, mode=JobMode.TRAIN, tasks=TASKS, rank=rank, world_size=2
+        ).rows_per_epoch
+        for rank in (0, 1)
+    ]
+    assert rows == [11, 11]
+
+
 def test_global_batch_must_divide_by_world_size(write_files, make_config):
     write_files([4])
     with pytest.raises(DatasetError, match=r"global_batch_size: 5 does not divide by the 2 ranks"):
@@ -268,6 +281,29 @@ def test_large_table_needs_its_renamed_feature(write_files, make_config):
         ValueError, match=r"tables.meta__author_id: a table reads the renamed feature"
     ):
         build_dataset(make_config(), mode=JobMode.TRAIN, tasks=TASKS, large_embeddings=tables)
+
+
+@pytest.mark.parametrize(
+    ("downcast", "message"),
+    [
+        ({"meta__user_id": "float16"}, "feeds a large embedding table; its ids must stay int64"),
+        ({"continuous": "uint8"}, "uint8 cannot hold the values of this float_list feature"),
+        ({"nothing": "bool"}, "no feature of that name is read"),
+    ],
+)
+def test_downcasts_that_would_corrupt_values_are_refused(
+    write_files, make_config, downcast, message
+):
+    write_files([4])
+    tables = LargeEmbeddingsConfig.model_validate(
+        {
+            "tables": [{"name": "meta__user_id", "num_embeddings": 9, "embedding_dim": 4}],
+            "optimizer": {"init_learning_rate": 0.1},
+        }
+    )
+    config = make_config(preprocess={"downcast": {"features": downcast}})
+    with pytest.raises(ValueError, match=f"preprocess.downcast.features.*{message}"):
+        build_dataset(config, mode=JobMode.TRAIN, tasks=TASKS, large_embeddings=tables)
 
 
 def test_downsample_and_rectify_in_the_loader(write_files, make_config):
