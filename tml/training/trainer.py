@@ -28,6 +28,7 @@ from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
 from tml.checkpoint import CheckpointManager, load_checkpoint, resolve_checkpoint
+from tml.core.errors import UserInputError
 from tml.distributed import DistributedEnvironment
 from tml.observability.metric_loggers import MetricLoggers
 from tml.optimizers.scheduler import LearningRateScheduler
@@ -65,6 +66,8 @@ class Trainer:
         loggers: Receive the training metrics on the main rank.
         settings: Length and cadence.
         evaluate: Called with the model and the step every ``eval_every_n`` steps and at the end.
+        extra_metrics: Called on every rank at each log step for more metrics to log (it may
+            run collectives).
     """
 
     def __init__(
@@ -79,6 +82,7 @@ class Trainer:
         loggers: MetricLoggers,
         settings: LoopSettings,
         evaluate: Evaluate | None = None,
+        extra_metrics: Callable[[], Mapping[str, float]] | None = None,
     ) -> None:
         self.model = model
         self.optimizer = optimizer
@@ -89,6 +93,7 @@ class Trainer:
         self.loggers = loggers
         self.settings = settings
         self.evaluate = evaluate
+        self.extra_metrics = extra_metrics
         self.step = 0
         self._first_step = 0
         self.wall_time = 0.0
@@ -226,6 +231,8 @@ class Trainer:
         metrics["examples_per_second_per_worker"] = examples / elapsed
         metrics["examples_per_second"] = examples * self.environment.world_size / elapsed
         metrics["wall_time"] = self.wall_time
+        if self.extra_metrics is not None:
+            metrics.update(self.extra_metrics())
         self.loggers.log(self.step, metrics)
         self._interval.reset()
 
@@ -267,7 +274,12 @@ class Trainer:
                 self.environment.world_size,
             )
         else:
-            self.batches.load_state_dict(rank_state["data"])
+            try:
+                self.batches.load_state_dict(rank_state["data"])
+            except UserInputError as error:
+                # E.g. files were added under the inputs glob since: an exact resume is not
+                # possible, and refusing to resume would lose the training done so far.
+                logger.warning("%s; reading data from the start", error)
 
     @contextlib.contextmanager
     def _progress_bar(self) -> Iterator[tqdm]:

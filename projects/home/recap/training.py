@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
+import torch.distributed as dist
+from torch.distributed._shard.sharded_tensor import ShardedTensor
 
 from projects.home.recap.config import JobMode, RecapConfig
 from projects.home.recap.data.dataset import RecapDataset, build_dataset
 from projects.home.recap.data.features import feature_widths
+from projects.home.recap.embedding.config import LargeEmbeddingsConfig
 from projects.home.recap.evaluation.evaluator import build_evaluation
 from projects.home.recap.model.embeddings import (
     is_large_embedding_parameter,
@@ -117,7 +121,39 @@ def build_trainer(
         ),
         settings=settings,
         evaluate=build_evaluation(config, environment),
+        extra_metrics=table_norms(model, config.model.large_embeddings, environment.device),
     )
+
+
+def table_norms(
+    model: torch.nn.Module, large_embeddings: LargeEmbeddingsConfig | None, device: torch.device
+) -> Callable[[], dict[str, float]] | None:
+    """Metrics ``norm/<table>`` (Frobenius norm of the whole table) for ``tables_to_log``.
+
+    Sharded tables sum their local shards over ranks; replicated ones are whole on each rank.
+    """
+    names = large_embeddings.tables_to_log if large_embeddings else None
+    if not names:
+        return None
+
+    def norms() -> dict[str, float]:
+        state = model.state_dict()
+        results = {}
+        for name in names:
+            key = next(key for key in state if key.endswith(f"embedding_bags.{name}.weight"))
+            weight = state[key]
+            if isinstance(weight, ShardedTensor):
+                squares = torch.zeros((), dtype=torch.float64, device=device)
+                for shard in weight.local_shards():
+                    squares += shard.tensor.double().square().sum()
+                if dist.is_initialized():
+                    dist.all_reduce(squares)
+            else:
+                squares = weight.double().square().sum()
+            results[f"norm/{name}"] = squares.sqrt().item()
+        return results
+
+    return norms
 
 
 def run_training(

@@ -59,12 +59,19 @@ def initial_weights(tmp_path_factory) -> Path:
 
 def test_two_sharded_ranks_train_like_one_rank(tmp_path, initial_weights):
     start = f"training.initial_checkpoint_dir={initial_weights}"
-    one = tiny_config(tmp_path / "one", start)
-    two = tiny_config(tmp_path / "two", start)
+    logged_tables = "model.large_embeddings.tables_to_log=[meta__user_id, meta__author_id]"
+    one = tiny_config(tmp_path / "one", start, logged_tables)
+    two = tiny_config(tmp_path / "two", start, logged_tables)
     assert run_on_ranks(train_job, 1, one, workdir=tmp_path) == [4]
     assert run_on_ranks(train_job, 2, two, workdir=tmp_path) == [4, 4]
     assert losses(tmp_path / "two") == pytest.approx(losses(tmp_path / "one"), rel=1e-5)
     assert_same_parameters(full_parameters(one, 4), full_parameters(two, 4))
+    # Table norms logged over the shards of both ranks equal the norms of the whole tables.
+    final = full_parameters(two, 4)
+    for table in ("meta__user_id", "meta__author_id"):
+        expected = final[f"model.large_embeddings.ebc.embedding_bags.{table}.weight"].norm()
+        assert logged(tmp_path / "two")[-1][f"norm/{table}"] == pytest.approx(float(expected))
+        assert logged(tmp_path / "one")[-1][f"norm/{table}"] == pytest.approx(float(expected))
 
 
 def test_warm_start_loads_weights_and_restarts_its_own_schedule(tmp_path, initial_weights):
