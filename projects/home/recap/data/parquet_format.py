@@ -20,7 +20,6 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import json
-import os
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -445,15 +444,3 @@ class DataFile:
             raise DataFileError(f"{where}: {array.null_count} null values")
         values = array.to_numpy(zero_copy_only=False)
         return values.reshape(rows, width)
-
-
-def describe_file(path: str | os.PathLike) -> dict[str, Any]:
-    """Rows, row groups, columns and stored schema of a file (for tools and docs)."""
-    metadata = pq.read_metadata(path)
-    stored = (metadata.schema.to_arrow_schema().metadata or {}).get(METADATA_KEY)
-    return {
-        "rows": metadata.num_rows,
-        "row_groups": metadata.num_row_groups,
-        "columns": metadata.num_columns,
-        "format": json.loads(stored) if stored else None,
-    }
