@@ -43,3 +43,5 @@ def setup_logging(rank: int = 0, level: int = logging.INFO) -> None:
     # torchrec's sharded tables are ShardedTensors, which torch announces it will replace.
     warnings.filterwarnings("ignore", category=FutureWarning, message=r".*use DTensor")
     warnings.filterwarnings("ignore", message=r"torch.distributed is disabled")
+    # torchmetrics 1.0.3 (pinned by torchrec) indexes in a way torch announces it will change.
+    warnings.filterwarnings("ignore", category=UserWarning, module=r"torchmetrics")
