@@ -45,10 +45,10 @@ class SnapshotStager:
         return snapshot(state_dict)
 
     def synchronize_staging(self) -> None:
-        pass
+        """Staging is synchronous: the snapshot is complete when ``stage`` returns."""
 
     def close(self) -> None:
-        pass
+        """Nothing to release: snapshots are ordinary tensors, freed with the write."""
 
 
 def _copy(tensor: torch.Tensor) -> torch.Tensor:

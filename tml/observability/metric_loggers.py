@@ -44,7 +44,7 @@ class ConsoleLogger:
         logger.info("%sstep %d | %s", self._prefix, step, fields)
 
     def close(self) -> None:
-        pass
+        """Nothing to release: the log handlers belong to the logging set-up."""
 
 
 class JsonlLogger:
