@@ -18,7 +18,8 @@ import pydantic
 from projects.home.recap.data.config import RecapDataConfig
 from projects.home.recap.model.config import ModelConfig, shared_parameter_sources
 from projects.home.recap.optimizer.config import RecapOptimizerConfig
-from tml.core.config import BaseConfig, ConfigError, ConfigValueError, Field, load_config_from_yaml
+from tml.core.cli import add_config_arguments, exit_status
+from tml.core.config import BaseConfig, ConfigValueError, Field, load_config_from_yaml
 
 
 class JobMode(enum.StrEnum):
@@ -285,16 +286,14 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m projects.home.recap.config", description="Check a ranker config."
     )
-    parser.add_argument("--config_path", required=True, help="YAML config file.")
-    parser.add_argument("overrides", nargs="*", help="dotted.path=value overrides.")
+    add_config_arguments(parser)
     args = parser.parse_args(argv)
-    try:
+
+    def check() -> None:
         config = load_config_from_yaml(RecapConfig, args.config_path, args.overrides)
-    except ConfigError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-    print(config.pretty_print(), end="")
-    return 0
+        print(config.pretty_print(), end="")
+
+    return exit_status(check)
 
 
 if __name__ == "__main__":

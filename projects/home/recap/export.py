@@ -40,8 +40,8 @@ from projects.home.recap.model.servable import (
     servable_inputs,
 )
 from tml.checkpoint import load_checkpoint, resolve_checkpoint
+from tml.core.cli import add_config_arguments, exit_status
 from tml.core.config import load_config_from_yaml
-from tml.core.errors import UserInputError
 from tml.observability.logging import setup_logging
 
 logger = logging.getLogger(__name__)
@@ -137,21 +137,19 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m projects.home.recap.export", description="Export a servable ranker."
     )
-    parser.add_argument("--config_path", required=True, help="The training job's YAML config.")
+    add_config_arguments(parser)
     parser.add_argument(
         "--checkpoint", help="Checkpoint folder or save_dir (default: newest of the job)."
     )
     parser.add_argument("--output", required=True, type=Path, help="File to write (.pt2).")
-    parser.add_argument("overrides", nargs="*", help="dotted.path=value config overrides.")
     args = parser.parse_args(argv)
     setup_logging()
-    try:
+
+    def export() -> None:
         config = load_config_from_yaml(RecapConfig, args.config_path, args.overrides)
         export_checkpoint(config, args.checkpoint, args.output)
-    except UserInputError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-    return 0
+
+    return exit_status(export)
 
 
 if __name__ == "__main__":

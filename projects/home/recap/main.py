@@ -16,6 +16,7 @@ from projects.home.recap.config import JobMode, RecapConfig
 from projects.home.recap.evaluation.follower import run_evaluator
 from projects.home.recap.inference import run_inference
 from projects.home.recap.training import run_training
+from tml.core.cli import USER_ERROR_EXIT, add_config_arguments, exit_status
 from tml.core.config import load_config_from_yaml
 from tml.core.errors import UserInputError
 from tml.distributed import DistributedEnvironment, distributed_environment
@@ -35,15 +36,12 @@ def build_argument_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m projects.home.recap.main", description="Train, evaluate or run the ranker."
     )
-    parser.add_argument("--config_path", required=True, help="YAML config file.")
+    add_config_arguments(parser)
     parser.add_argument(
         "--mode",
         choices=[mode.value for mode in JobMode],
         default=JobMode.TRAIN.value,
         help="train (default), evaluate (follow a training job's checkpoints) or inference.",
-    )
-    parser.add_argument(
-        "overrides", nargs="*", help="Config overrides: dotted.path=value (typed by the schema)."
     )
     return parser
 
@@ -57,16 +55,15 @@ def main(argv: list[str] | None = None) -> int:
     except UserInputError as error:
         if rank == 0:  # every rank reads the same config: one copy of the message is enough
             print(f"error: {error}", file=sys.stderr)
-        return 2
-    try:
+        return USER_ERROR_EXIT
+
+    def run() -> None:
         with distributed_environment() as environment:
             setup_logging(environment.rank)
             MODES[JobMode(args.mode)](config, environment)
-    except UserInputError as error:
-        prefix = f"[rank {rank}] " if int(os.environ.get("WORLD_SIZE", 1)) > 1 else ""
-        print(f"{prefix}error: {error}", file=sys.stderr)
-        return 2
-    return 0
+
+    several = int(os.environ.get("WORLD_SIZE", 1)) > 1
+    return exit_status(run, prefix=f"[rank {rank}] " if several else "")
 
 
 if __name__ == "__main__":

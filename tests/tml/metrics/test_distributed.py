@@ -1,14 +1,11 @@
 """Every metric synced over 2 Gloo ranks equals the same metric computed in one process."""
 
-import datetime
-import json
-
 import numpy as np
 import pytest
 import torch
-import torch.distributed as dist
-import torch.multiprocessing as mp
 
+from tests.helpers.multiprocess import run_on_ranks
+from tml.distributed import distributed_environment
 from tml.metrics import METRICS
 
 WORLD_SIZE = 2
@@ -31,11 +28,10 @@ def update(metric, predictions, labels, weights, batches):
         )
 
 
-def run_rank(rank, store_path, out_dir):
-    store = dist.FileStore(store_path, WORLD_SIZE)
-    timeout = datetime.timedelta(seconds=60)  # a mismatched collective fails instead of hanging
-    dist.init_process_group("gloo", store=store, rank=rank, world_size=WORLD_SIZE, timeout=timeout)
-    try:
+def rank_results():
+    """This rank's metrics; runs on each of WORLD_SIZE ranks (tests.helpers.multiprocess)."""
+    with distributed_environment("cpu") as environment:
+        rank = environment.rank
         data = make_data()
         split = int(0.6 * len(data[0]))  # uneven shares
         share = [array[:split] if rank == 0 else array[split:] for array in data]
@@ -52,19 +48,13 @@ def run_rank(rank, store_path, out_dir):
             if rank == 0:
                 update(idle, *data, batches=2)
             results[f"{name}/one_rank_idle"] = idle.compute().item()
-        with open(f"{out_dir}/{rank}.json", "w") as file:
-            json.dump(results, file)
-    finally:
-        dist.destroy_process_group()
+        return results
 
 
 @pytest.mark.slow
 @pytest.mark.timeout(180)
-def test_two_gloo_ranks_match_one_process(tmp_path, monkeypatch, request):
-    # Spawned children unpickle run_rank by importing this module from the repository root.
-    monkeypatch.syspath_prepend(str(request.config.rootpath))
-    mp.spawn(run_rank, args=(str(tmp_path / "store"), str(tmp_path)), nprocs=WORLD_SIZE)
-    ranks = [json.loads((tmp_path / f"{rank}.json").read_text()) for rank in range(WORLD_SIZE)]
+def test_two_gloo_ranks_match_one_process(tmp_path):
+    ranks = run_on_ranks(rank_results, WORLD_SIZE, workdir=tmp_path)
 
     data = make_data()
     for name, metric_class in METRICS.items():

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from projects.home.recap.config import RecapConfig
 from projects.home.recap.evaluation.evaluator import format_summary
+from tml.core.cli import add_config_arguments, exit_status
 from tml.core.config import load_config_from_yaml
 from tml.core.errors import UserInputError
 
@@ -61,16 +62,11 @@ def main(argv: list[str] | None = None) -> int:
         prog="python -m projects.home.recap.evaluation.report",
         description="Print a job's latest evaluation results.",
     )
-    parser.add_argument("--config_path", required=True, help="The job's YAML config.")
-    parser.add_argument("overrides", nargs="*", help="dotted.path=value config overrides.")
+    add_config_arguments(parser)
     args = parser.parse_args(argv)
-    try:
-        config = load_config_from_yaml(RecapConfig, args.config_path, args.overrides)
-        print(report(config))
-    except UserInputError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-    return 0
+    return exit_status(
+        lambda: print(report(load_config_from_yaml(RecapConfig, args.config_path, args.overrides)))
+    )
 
 
 if __name__ == "__main__":

@@ -1,20 +1,18 @@
 """The ranker's metric collection: names, sets, task subsets, stratifiers, errors, 2 ranks."""
 
-import datetime
-import json
 import math
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-import torch.distributed as dist
-import torch.multiprocessing as mp
 
 from projects.home.recap.config import METRICS_OF_SET, MetricSet, RecapConfig
 from projects.home.recap.embedding.config import StratifierConfig
 from projects.home.recap.evaluation.metrics import build_metrics
+from tests.helpers.multiprocess import run_on_ranks
 from tml.core.config import ConfigError, load_config_from_yaml
+from tml.distributed import distributed_environment
 from tml.metrics import METRICS
 
 TASKS = ["recap.engagement.is_favorited", "recap.engagement.is_replied", "recap.engagement.is_x"]
@@ -280,30 +278,23 @@ def two_rank_outputs():
     return outputs
 
 
-def run_rank(rank, store_path, out_dir):
-    store = dist.FileStore(store_path, WORLD_SIZE)
-    timeout = datetime.timedelta(seconds=60)  # a mismatched collective fails instead of hanging
-    dist.init_process_group("gloo", store=store, rank=rank, world_size=WORLD_SIZE, timeout=timeout)
-    try:
+def rank_results():
+    """This rank's metrics; runs on each of WORLD_SIZE ranks (tests.helpers.multiprocess)."""
+    with distributed_environment("cpu") as environment:
+        rank = environment.rank
         outputs = two_rank_outputs()
         size = len(outputs["labels"])
         share = slice(0, size // 3) if rank == 0 else slice(size // 3, size)
         metrics = build_metrics(TASKS, None, TWO_RANK_STRATIFIERS)
         for batch in batches({key: value[share] for key, value in outputs.items()}, 3):
             metrics.update(batch)
-        with open(f"{out_dir}/{rank}.json", "w") as file:
-            json.dump(metrics.compute(), file)
-    finally:
-        dist.destroy_process_group()
+        return metrics.compute()
 
 
 @pytest.mark.slow
 @pytest.mark.timeout(180)
-def test_two_gloo_ranks_match_one_process(tmp_path, monkeypatch, request):
-    # Spawned children unpickle run_rank by importing this module from the repository root.
-    monkeypatch.syspath_prepend(str(request.config.rootpath))
-    mp.spawn(run_rank, args=(str(tmp_path / "store"), str(tmp_path)), nprocs=WORLD_SIZE)
-    ranks = [json.loads((tmp_path / f"{rank}.json").read_text()) for rank in range(WORLD_SIZE)]
+def test_two_gloo_ranks_match_one_process(tmp_path):
+    ranks = run_on_ranks(rank_results, WORLD_SIZE, workdir=tmp_path)
 
     single = build_metrics(TASKS, None, TWO_RANK_STRATIFIERS)
     single.update(two_rank_outputs())

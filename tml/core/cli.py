@@ -1,0 +1,37 @@
+"""What every tml command line shares: a config file with dotted overrides, and user mistakes
+reported as one line with exit status 2."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable
+
+from tml.core.errors import UserInputError
+
+USER_ERROR_EXIT = 2
+
+
+def add_config_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--config_path`` and positional ``dotted.path=value`` overrides."""
+    parser.add_argument("--config_path", required=True, help="YAML config file.")
+    parser.add_argument(
+        "overrides", nargs="*", help="Config overrides: dotted.path=value (typed by the schema)."
+    )
+
+
+def exit_status(command: Callable[[], object], *, prefix: str = "", show: bool = True) -> int:
+    """Runs ``command``: 0, or ``error: <message>`` on stderr and 2 for a user mistake.
+
+    Args:
+        command: The work of the command line.
+        prefix: Put before ``error:`` (e.g. the rank).
+        show: Print the message (False where another process prints the same one).
+    """
+    try:
+        command()
+    except UserInputError as error:
+        if show:
+            print(f"{prefix}error: {error}", file=sys.stderr)
+        return USER_ERROR_EXIT
+    return 0
