@@ -238,10 +238,16 @@ def interleaved_rates(
 
 
 def step_rate(
-    model: ModelAndLoss, batch: RecapBatch, dtype: torch.dtype | None, fused: bool, steps: int
+    model: ModelAndLoss,
+    batch: RecapBatch,
+    dtype: torch.dtype | None,
+    fused: bool,
+    steps: int,
+    summary: Callable[[list[float]], float] = min,
 ) -> float:
-    """Examples/s of forward + backward + Adam: the fastest of ``steps`` after warm-up (which
-    includes any compilation). Restores the weights after, so every run starts alike."""
+    """Examples/s of forward + backward + Adam over ``steps`` after warm-up (which includes any
+    compilation), from the ``summary`` of the step times: the fastest by default, the median
+    for a steady state. Restores the weights after, so every run starts alike."""
     state = copy.deepcopy(model.state_dict())
     optimizer = make_optimizer(model, fused)
     for _ in range(3):
@@ -252,7 +258,7 @@ def step_rate(
         train_step(model, optimizer, batch, dtype)
         times.append(time.perf_counter() - start)
     model.load_state_dict(state)
-    return batch.batch_size / min(times)
+    return batch.batch_size / summary(times)
 
 
 def fastest_seconds(function: Callable[[], object], repeats: int) -> float:

@@ -27,13 +27,12 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from model_step import make_optimizer, synthetic_batch, train_step
+from model_step import step_rate, synthetic_batch
 
 from projects.home.recap.config import RecapConfig
 from projects.home.recap.data.features import feature_widths
@@ -59,18 +58,10 @@ def model_only(batch_size: int, steps: int) -> dict[str, float]:
     torch.manual_seed(0)
     model = build_model_and_loss(config.model, config.train_data, widths)
     batch = synthetic_batch(widths, batch_size, len(config.model.tasks))
-    optimizer = make_optimizer(model, fused=True)
-    rates = {}
-    for name, dtype in DTYPES.items():
-        for _ in range(3):
-            train_step(model, optimizer, batch, dtype)
-        times = []
-        for _ in range(steps):
-            start = time.perf_counter()
-            train_step(model, optimizer, batch, dtype)
-            times.append(time.perf_counter() - start)
-        rates[name] = batch_size / statistics.median(times)
-    return rates
+    return {
+        name: step_rate(model, batch, dtype, fused=True, steps=steps, summary=statistics.median)
+        for name, dtype in DTYPES.items()
+    }
 
 
 def generate(data_dir: Path, num_examples: int) -> None:
