@@ -43,6 +43,13 @@ def relative_cross_entropy(cross_entropy: torch.Tensor, mean_label: torch.Tensor
     return 100.0 * (1.0 - safe_ratio(cross_entropy, entropy))
 
 
+def checked_epsilon(epsilon: float) -> float:
+    """The clamping margin of predictions, which must lie in (0, 0.5)."""
+    if not 0.0 < epsilon < 0.5:
+        raise ValueError(f"epsilon must lie in (0, 0.5), got {epsilon}")
+    return epsilon
+
+
 class RCE(BinaryMetric):
     """Relative cross entropy (see the module docstring), accumulated as three float64 sums.
 
@@ -58,9 +65,7 @@ class RCE(BinaryMetric):
 
     def __init__(self, epsilon: float = DEFAULT_EPSILON, **kwargs: Any) -> None:
         super().__init__(**kwargs)
-        if not 0.0 < epsilon < 0.5:
-            raise ValueError(f"epsilon must lie in (0, 0.5), got {epsilon}")
-        self.epsilon = epsilon
+        self.epsilon = checked_epsilon(epsilon)
         zero = torch.zeros((), dtype=ACCUMULATOR_DTYPE)
         self.add_state("sum_weights", zero.clone(), dist_reduce_fx="sum")
         self.add_state("sum_weighted_labels", zero.clone(), dist_reduce_fx="sum")
@@ -105,9 +110,7 @@ class NRCE(StoredExamplesMetric):
 
     def __init__(self, epsilon: float = DEFAULT_EPSILON, **kwargs: Any) -> None:
         super().__init__(**kwargs)
-        if not 0.0 < epsilon < 0.5:
-            raise ValueError(f"epsilon must lie in (0, 0.5), got {epsilon}")
-        self.epsilon = epsilon
+        self.epsilon = checked_epsilon(epsilon)
 
     def _value(self) -> torch.Tensor:
         predictions, labels, weights = self.stored_examples()
