@@ -21,7 +21,7 @@ NPROC ?= $(if $(filter gpu,$(FLAVOUR)),$(shell nvidia-smi -L | wc -l),2)
 # Each rank gets its share of the cores (torchrun would otherwise pin every rank to one thread).
 TORCHRUN := OMP_NUM_THREADS=$(shell echo $$(( $$(nproc) / $(NPROC) > 0 ? $$(nproc) / $(NPROC) : 1 ))) \
 	$(BIN)/torchrun --standalone --nnodes 1 --nproc_per_node $(NPROC)
-GENERATE := $(BIN)/python -m projects.home.recap.data.generate_random_data --config_path $(RUN_CONFIG)
+GENERATE := $(BIN)/python -m projects.home.recap.tools.generate_random_data --config_path $(RUN_CONFIG)
 
 .PHONY: help setup run test lint bench clean
 

@@ -40,10 +40,10 @@ sys.path.insert(0, str(ROOT))
 import pyarrow.parquet as pq  # noqa: E402
 import torch  # noqa: E402
 
-from projects.home.recap.config import JobMode, RecapConfig  # noqa: E402
-from projects.home.recap.data.dataset import build_dataset  # noqa: E402
-from projects.home.recap.data.generate_random_data import generate_dataset  # noqa: E402
+from projects.home.recap.config import RecapConfig  # noqa: E402
+from projects.home.recap.data.dataset import ReadOptions, build_dataset  # noqa: E402
 from projects.home.recap.data.parquet_format import WriteOptions  # noqa: E402
+from projects.home.recap.tools.generate_random_data import generate_dataset  # noqa: E402
 from tml.core.config import load_config_from_yaml  # noqa: E402
 
 CONFIG = ROOT / "projects/home/recap/config/local_prod.yaml"
@@ -121,7 +121,9 @@ def _result(runs: list[tuple[int, _Timer]], baseline: float, sampler: _RssSample
 def measure_raw(data_dir: str, use_threads: bool) -> dict:
     """pyarrow decoding the loader's columns of every row group into numpy arrays."""
     config = _config(data_dir, [])
-    dataset = build_dataset(config.train_data, mode=JobMode.TRAIN, tasks=list(config.model.tasks))
+    dataset = build_dataset(
+        config.train_data, options=ReadOptions.training(), tasks=list(config.model.tasks)
+    )
     columns = dataset.columns_read
     baseline = _current_rss_mib()
     with _RssSampler() as sampler:
@@ -149,7 +151,7 @@ def measure_loader(data_dir: str, batches: int, overrides: list[str]) -> dict:
     """The loader in training mode: ``batches`` batches after a short warm-up."""
     config = _config(data_dir, overrides)
     dataset = build_dataset(
-        config.train_data, mode=JobMode.TRAIN, tasks=list(config.model.tasks), seed=1
+        config.train_data, options=ReadOptions.training(), tasks=list(config.model.tasks), seed=1
     )
     baseline = _current_rss_mib()
     with _RssSampler() as sampler:
@@ -196,7 +198,7 @@ class _WorkerShare(torch.utils.data.IterableDataset):
         )
         self.dataset = build_dataset(
             config.train_data,
-            mode=JobMode.TRAIN,
+            options=ReadOptions.training(),
             tasks=list(config.model.tasks),
             rank=info.id,
             world_size=info.num_workers,

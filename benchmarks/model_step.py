@@ -33,8 +33,8 @@ import torch
 from torch import nn
 
 from projects.home.recap.config import RecapConfig
-from projects.home.recap.data.batch import FeatureWidths, RecapBatch
-from projects.home.recap.data.features import feature_widths
+from projects.home.recap.data.features import build_input_spec
+from projects.home.recap.inputs import DenseInputs, InputSpec, RecapBatch
 from projects.home.recap.model.model_and_loss import ModelAndLoss, build_model_and_loss
 from projects.home.recap.model.ranking_model import compile_dense
 from tml.core.config import load_config_from_yaml
@@ -56,9 +56,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     config = load_config_from_yaml(RecapConfig, CONFIG)
-    widths = feature_widths(config.train_data)
+    spec = build_input_spec(config.train_data, list(config.model.tasks))
     torch.manual_seed(0)
-    eager = build_model_and_loss(config.model, config.train_data, widths)
+    eager = build_model_and_loss(config.model, spec)
     linears = [m for m in eager.modules() if isinstance(m, nn.Linear)]
     macs = sum(linear.in_features * linear.out_features for linear in linears)
     print(f"machine: {torch.get_num_threads()} threads, torch {torch.__version__}")
@@ -80,7 +80,7 @@ def main(argv: list[str] | None = None) -> int:
     results: dict[tuple[int, str], float] = {}
     fp32_fraction = 0.0
     for batch_size in args.batch_sizes:
-        batch = synthetic_batch(widths, batch_size, len(config.model.tasks))
+        batch = synthetic_batch(spec, batch_size, len(config.model.tasks))
         rates, ceilings = interleaved_rates(fast, linears, batch, args.rounds, args.steps)
         for name in DTYPES:
             rate, ceiling = rates[name], ceilings[name]
@@ -93,7 +93,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"  bf16 / fp32 at batch {batch_size}: {speedup:.2f}x")
 
     print("\npaths at batch 512 (ex/s):")
-    batch = synthetic_batch(widths, 512, len(config.model.tasks))
+    batch = synthetic_batch(spec, 512, len(config.model.tasks))
     print(f"{'path':<28} {'fp32':>8} {'bf16':>8}")
     paths = [("eager", eager, False), ("eager", eager, True)]
     if not args.no_compile:
@@ -110,7 +110,7 @@ def main(argv: list[str] | None = None) -> int:
         f"{adam_step_ms(eager, fused=True):.0f} ms fused"
     )
 
-    gap, fp32_losses, bf16_losses = loss_curves(config, widths, args.loss_steps)
+    gap, fp32_losses, bf16_losses = loss_curves(config, spec, args.loss_steps)
     print(f"\nloss curves, {args.loss_steps} steps at batch 512 from one initialisation:")
     print(
         f"  fp32: {fp32_losses[0]:.4f} -> {fp32_losses[-1]:.4f}; "
@@ -146,13 +146,12 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def synthetic_batch(
-    widths: FeatureWidths, batch_size: int, tasks: int, seed: int = 0
-) -> RecapBatch:
+def synthetic_batch(spec: InputSpec, batch_size: int, tasks: int, seed: int = 0) -> RecapBatch:
     """Heavy-tailed continuous values, binary flags, TwHIN-like vectors, teacher labels.
 
     Labels come from a fixed random linear teacher over the features, so a loss curve falls.
     """
+    widths = spec.widths
     generator = torch.Generator().manual_seed(seed)
     continuous = torch.randn(batch_size, widths.continuous, generator=generator).exp() * 10
     binary = torch.randint(0, 2, (batch_size, widths.binary), generator=generator)
@@ -163,14 +162,15 @@ def synthetic_batch(
     teacher = torch.Generator().manual_seed(1234)
     signal = torch.log1p(continuous[:, :64]) @ torch.randn(64, tasks, generator=teacher) / 8
     labels = torch.bernoulli(torch.sigmoid(signal - 2.0), generator=generator)
-    return RecapBatch(
+    # Drawn in this order so the batches (and the loss curves) stay as they were.
+    discrete = torch.randint(0, 100, (batch_size, widths.discrete), generator=generator)
+    inputs = DenseInputs(
         continuous_features=continuous,
         binary_features=binary.float(),
-        discrete_features=torch.randint(0, 100, (batch_size, widths.discrete), generator=generator),
-        labels=labels,
-        weights=torch.ones(batch_size, tasks),
+        discrete_features=discrete,
         **embeddings,
     )
+    return RecapBatch(inputs=inputs, labels=labels, weights=torch.ones(batch_size, tasks))
 
 
 def make_optimizer(model: nn.Module, fused: bool) -> torch.optim.Optimizer:
@@ -302,12 +302,12 @@ def adam_step_ms(model: nn.Module, fused: bool) -> float:
 
 
 def loss_curves(
-    config: RecapConfig, widths: FeatureWidths, steps: int
+    config: RecapConfig, spec: InputSpec, steps: int
 ) -> tuple[float, list[float], list[float]]:
     """fp32 and bf16-autocast losses from one initialisation on the same batches (eager, fused
     Adam, lr 3e-4), and the largest relative gap between them."""
     torch.manual_seed(0)
-    initial = build_model_and_loss(config.model, config.train_data, widths)
+    initial = build_model_and_loss(config.model, spec)
     curves = []
     for dtype in DTYPES.values():
         model = copy.deepcopy(initial)
@@ -315,7 +315,7 @@ def loss_curves(
         torch.manual_seed(1)  # the same dropout masks in both runs
         curves.append(
             [
-                train_step(model, optimizer, synthetic_batch(widths, 512, 10, seed=step), dtype)
+                train_step(model, optimizer, synthetic_batch(spec, 512, 10, seed=step), dtype)
                 for step in range(steps)
             ]
         )

@@ -34,9 +34,9 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from model_step import step_rate, synthetic_batch
 
+from projects.home.recap.build import build_whole_model, model_input_spec
 from projects.home.recap.config import RecapConfig
-from projects.home.recap.data.features import feature_widths
-from projects.home.recap.model.model_and_loss import build_model_and_loss
+from projects.home.recap.job_folder import JobFolder, MetricStream
 from tml.core.config import load_config_from_yaml
 
 REPO = Path(__file__).resolve().parents[1]
@@ -54,10 +54,9 @@ DTYPES = {"fp32": None, "bf16": torch.bfloat16}
 def model_only(batch_size: int, steps: int) -> dict[str, float]:
     """Examples/s of forward + backward + fused Adam, median step, per dtype."""
     config = load_config_from_yaml(RecapConfig, CONFIG)
-    widths = feature_widths(config.train_data)
-    torch.manual_seed(0)
-    model = build_model_and_loss(config.model, config.train_data, widths)
-    batch = synthetic_batch(widths, batch_size, len(config.model.tasks))
+    spec = model_input_spec(config)
+    model = build_whole_model(config, spec)
+    batch = synthetic_batch(spec, batch_size, len(config.model.tasks))
     return {
         name: step_rate(model, batch, dtype, fused=True, steps=steps, summary=statistics.median)
         for name, dtype in DTYPES.items()
@@ -71,7 +70,7 @@ def generate(data_dir: Path, num_examples: int) -> None:
         [
             sys.executable,
             "-m",
-            "projects.home.recap.data.generate_random_data",
+            "projects.home.recap.tools.generate_random_data",
             "--config_path",
             str(CONFIG),
             "--num_examples",
@@ -124,7 +123,7 @@ def end_to_end(
     )
     if result.returncode != 0:
         raise RuntimeError(result.stderr[-3000:])
-    lines = (save_dir / "train.jsonl").read_text().splitlines()
+    lines = JobFolder(save_dir).metrics_file(MetricStream.TRAIN).read_text().splitlines()
     rates = [json.loads(line)["examples_per_second"] for line in lines][1:]
     return statistics.median(rates)
 

@@ -2,18 +2,24 @@
 
 from tml.checkpoint.manager import (
     CheckpointManager,
+    CheckpointMismatchError,
+    CheckpointNotFoundError,
     checkpoint_folder,
     complete_steps,
     is_complete,
+    latest_complete_folder,
     load_checkpoint,
-    resolve_checkpoint,
+    load_weights,
 )
 
 __all__ = [
     "CheckpointManager",
+    "CheckpointMismatchError",
+    "CheckpointNotFoundError",
     "checkpoint_folder",
     "complete_steps",
     "is_complete",
+    "latest_complete_folder",
     "load_checkpoint",
-    "resolve_checkpoint",
+    "load_weights",
 ]

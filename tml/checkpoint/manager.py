@@ -28,6 +28,7 @@ from concurrent.futures import Future
 from pathlib import Path
 from typing import Any
 
+import torch
 import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
 from torch.distributed.checkpoint._nested_dict import flatten_state_dict
@@ -79,20 +80,10 @@ def complete_steps(directory: str | os.PathLike) -> list[int]:
     return sorted(steps)
 
 
-def resolve_checkpoint(path: str | os.PathLike) -> Path:
-    """A complete checkpoint folder from either that folder or a directory of checkpoints.
-
-    Raises:
-        FileNotFoundError: naming ``path`` when it holds no complete checkpoint.
-    """
-    path = Path(path)
-    if is_complete(path):
-        return path
-    for candidate in (path, path / "checkpoints"):
-        steps = complete_steps(candidate)
-        if steps:
-            return checkpoint_folder(candidate, steps[-1])
-    raise CheckpointNotFoundError(f"no complete checkpoint in {path}")
+def latest_complete_folder(directory: str | os.PathLike) -> Path | None:
+    """The newest fully written checkpoint folder under ``directory``, or None."""
+    steps = complete_steps(directory)
+    return checkpoint_folder(directory, steps[-1]) if steps else None
 
 
 class CheckpointManager:
@@ -240,6 +231,21 @@ def load_checkpoint(
     _copy_leaves(loadable, state)
     rank_file = folder / f"rank_{rank}.json"
     return json.loads(rank_file.read_text()) if rank_file.is_file() else None
+
+
+def load_weights(model: torch.nn.Module, folder: str | os.PathLike, rank: int = 0) -> None:
+    """Loads only the model's weights (the checkpoint's ``model`` entry) into ``model``.
+
+    Works for a sharded model (every rank calls it; each reads the shards it holds) and for an
+    unsharded one (sharded tables are gathered whole).
+
+    Raises:
+        CheckpointNotFoundError: ``folder`` is not a complete checkpoint.
+        CheckpointMismatchError: the checkpoint lacks some of the model's weights.
+    """
+    state = {"model": model.state_dict()}
+    load_checkpoint(folder, state, rank)
+    model.load_state_dict(state["model"])
 
 
 class _LoadPlanner(DefaultLoadPlanner):

@@ -104,42 +104,39 @@ class MetricLoggers:
             metric_logger.close()
 
 
-_BACKENDS: dict[str, Callable[[Path, str, Callable[[str], bool] | None], MetricLogger]] = {
-    "console": lambda directory, name, shown: ConsoleLogger(f"[{name}] " if name else "", shown),
-    "jsonl": lambda directory, name, shown: JsonlLogger(directory / f"{name or 'metrics'}.jsonl"),
-    "tensorboard": lambda directory, name, shown: TensorBoardLogger(
-        directory / "tensorboard" / name
-    ),
-}
+BACKENDS = ("console", "jsonl", "tensorboard")
 
 
 def build_metric_loggers(
-    directory: str | os.PathLike,
     *,
-    name: str = "",
+    name: str,
+    jsonl_path: str | os.PathLike,
+    tensorboard_dir: str | os.PathLike,
     is_main: bool = True,
-    backends: Iterable[str] = ("console", "jsonl", "tensorboard"),
+    backends: Iterable[str] = BACKENDS,
     console_shows: Callable[[str], bool] | None = None,
 ) -> MetricLoggers:
-    """Loggers writing under ``directory``; ``name`` separates streams (e.g. "train", "eval").
+    """The loggers of one metric stream; the caller (who owns the job's folder) names the files.
 
     Args:
-        directory: Usually the job's save_dir.
-        name: Stream name, used in file names and the console prefix.
+        name: Stream name, the console prefix (e.g. "train", "eval").
+        jsonl_path: File the JSONL logger appends to.
+        tensorboard_dir: Folder of the TensorBoard event files.
         is_main: Only the main rank writes; other ranks get no loggers.
         backends: Any of "console", "jsonl", "tensorboard".
         console_shows: Which metric names the console line holds (default: all).
     """
     if not is_main:
         return MetricLoggers([])
-    unknown = sorted(set(backends) - set(_BACKENDS))
+    unknown = sorted(set(backends) - set(BACKENDS))
     if unknown:
-        raise ValueError(
-            f"unknown metric logger backends {unknown}; choose from {sorted(_BACKENDS)}"
-        )
-    return MetricLoggers(
-        _BACKENDS[backend](Path(directory), name, console_shows) for backend in backends
-    )
+        raise ValueError(f"unknown metric logger backends {unknown}; choose from {list(BACKENDS)}")
+    factories: dict[str, Callable[[], MetricLogger]] = {
+        "console": lambda: ConsoleLogger(f"[{name}] " if name else "", console_shows),
+        "jsonl": lambda: JsonlLogger(jsonl_path),
+        "tensorboard": lambda: TensorBoardLogger(tensorboard_dir),
+    }
+    return MetricLoggers(factories[backend]() for backend in backends)
 
 
 def _format(value: float) -> str:

@@ -15,7 +15,8 @@ import logging
 import sys
 import time
 from collections.abc import Callable, Iterator, Mapping
-from typing import Any
+from pathlib import Path
+from typing import Any, Protocol
 
 import torch
 import torch.distributed as dist
@@ -27,7 +28,7 @@ from torchrec.distributed.train_pipeline.gradient_accumulation import (
 from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
-from tml.checkpoint import CheckpointManager, load_checkpoint, resolve_checkpoint
+from tml.checkpoint import CheckpointManager, load_weights
 from tml.core.errors import UserInputError
 from tml.distributed import DistributedEnvironment
 from tml.observability.metric_loggers import MetricLoggers
@@ -36,7 +37,13 @@ from tml.training.data_position import PositionTrackingIterator, StatefulBatches
 
 logger = logging.getLogger(__name__)
 
-Evaluate = Callable[[torch.nn.Module, int], None]
+
+class Evaluate(Protocol):
+    """Evaluates the model at a step; owns resources (loaders, loggers) released by close."""
+
+    def __call__(self, model: torch.nn.Module, step: int) -> object: ...
+
+    def close(self) -> None: ...
 
 
 @dataclasses.dataclass(frozen=True)
@@ -55,6 +62,9 @@ class LoopSettings:
 
 class Trainer:
     """Trains a model for exactly ``num_train_steps`` optimizer steps, resumably.
+
+    The trainer owns what it is given that holds resources (checkpoints, loggers, evaluation)
+    and releases them in :meth:`close`, on success and on failure; use it as a context manager.
 
     Args:
         model: The (sharded) model with its loss.
@@ -127,13 +137,30 @@ class Trainer:
         logger.info("resumed from step %d", self.step)
         return True
 
-    def warm_start(self, path: str) -> None:
-        """Loads only the model's weights from another job's checkpoint; the step stays 0."""
-        folder = resolve_checkpoint(path)
-        state = {"model": self.model.state_dict()}
-        load_checkpoint(folder, state, self.environment.rank)
-        self.model.load_state_dict(state["model"])
+    def warm_start(self, folder: Path) -> None:
+        """Loads only the model's weights from a checkpoint folder; the step stays 0."""
+        load_weights(self.model, folder, self.environment.rank)
         logger.info("warm-started the weights from %s", folder)
+
+    # Teardown --------------------------------------------------------------------------------
+
+    def close(self) -> None:
+        """Finishes a checkpoint still being written and closes the loggers and evaluation.
+
+        Every resource is closed even when closing another one fails.
+        """
+        closers = [self.checkpoints.close, self.loggers.close]
+        if self.evaluate is not None:
+            closers.append(self.evaluate.close)
+        with contextlib.ExitStack() as stack:
+            for close in closers:
+                stack.callback(close)
+
+    def __enter__(self) -> Trainer:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
 
     # Loop ------------------------------------------------------------------------------------
 
@@ -171,8 +198,7 @@ class Trainer:
             self._save_checkpoint(iterator)
         if self.evaluate is not None and not self._evaluated_at(self.step):
             self._run_evaluation(pipeline)
-        self.checkpoints.close()
-        self.loggers.close()
+        self.checkpoints.wait()
 
     def _after_step(
         self,

@@ -10,51 +10,17 @@ prints the resolved config as YAML and exits 0, or prints a one-line error and e
 from __future__ import annotations
 
 import argparse
-import enum
 import sys
 
 import pydantic
 
 from projects.home.recap.data.config import RecapDataConfig
-from projects.home.recap.model.config import ModelConfig, shared_parameter_sources
+from projects.home.recap.evaluation.metric_sets import METRICS_OF_SET, MetricSet
+from projects.home.recap.inference_config import InferenceConfig
+from projects.home.recap.model.config import ModelConfig
 from projects.home.recap.optimizer.config import RecapOptimizerConfig
 from tml.core.cli import add_config_arguments, exit_status
 from tml.core.config import BaseConfig, ConfigValueError, Field, load_config_from_yaml
-
-
-class JobMode(enum.StrEnum):
-    """What a run of the entry point does."""
-
-    TRAIN = "train"
-    EVALUATE = "evaluate"
-    INFERENCE = "inference"
-
-
-class MetricSet(enum.StrEnum):
-    """Named sets of evaluation metrics, chosen by ``RecapConfig.which_metrics``."""
-
-    ALL = "all"
-    AUROC_RCE = "auroc_rce"
-    CALIBRATION = "calibration"
-    CONSTANT_MEMORY = "constant_memory"
-
-
-# The metrics (names of tml.metrics.METRICS) each set computes for every evaluated task.
-# constant_memory leaves out AUROC and NRCE, which keep every evaluated example.
-METRICS_OF_SET: dict[MetricSet, tuple[str, ...]] = {
-    MetricSet.ALL: (
-        "auroc",
-        "rce",
-        "nrce",
-        "mean_label",
-        "mean_prediction",
-        "precision",
-        "recall",
-    ),
-    MetricSet.AUROC_RCE: ("auroc", "rce"),
-    MetricSet.CALIBRATION: ("rce", "nrce", "mean_label", "mean_prediction"),
-    MetricSet.CONSTANT_MEMORY: ("rce", "mean_label", "mean_prediction", "precision", "recall"),
-}
 
 
 class TrainingConfig(BaseConfig):
@@ -102,45 +68,6 @@ class TrainingConfig(BaseConfig):
     )
     seed: int = Field(
         0, description="Seed of parameter initialisation, data shuffling and dropout."
-    )
-
-
-# The published April 2023 weights of the serving score, by training label.
-PUBLISHED_RANKING_WEIGHTS: dict[str, float] = {
-    "recap.engagement.is_favorited": 0.5,
-    "recap.engagement.is_retweeted": 1.0,
-    "recap.engagement.is_replied": 13.5,
-    "recap.engagement.is_profile_clicked_and_profile_engaged": 12.0,
-    "recap.engagement.is_video_playback_50": 0.005,
-    "recap.engagement.is_replied_reply_engaged_by_author": 75.0,
-    "recap.engagement.is_good_clicked_convo_desc_favorited_or_replied": 11.0,
-    "recap.engagement.is_good_clicked_convo_desc_v2": 10.0,
-    "recap.engagement.is_negative_feedback_v2": -74.0,
-    "recap.engagement.is_report_tweet_clicked": -369.0,
-}
-
-
-class InferenceConfig(BaseConfig):
-    """What ``--mode inference`` scores, with which weights, and where the predictions go."""
-
-    data: str | None = Field(
-        None,
-        description="Name of the validation_data partition to score (null: the first one).",
-    )
-    checkpoint: str | None = Field(
-        None,
-        description="Checkpoint folder, or a save_dir, whose weights score (null: the newest "
-        "checkpoint in training.save_dir).",
-    )
-    output_dir: str | None = Field(
-        None,
-        description="Folder for the Parquet predictions, one file per rank (null: "
-        "<save_dir>/predictions/step_<step>).",
-    )
-    ranking_weights: dict[str, float] | None = Field(
-        None,
-        description="Task -> weight of its calibrated probability in the ranking score (null: "
-        "the published April 2023 weights of the model tasks that have one).",
     )
 
 
@@ -206,8 +133,8 @@ class RecapConfig(BaseConfig):
                     f"model task '{task}' has no tower learning rate",
                     (*where, "tower_learning_rates"),
                 )
-        shared = shared_parameter_sources(
-            self.model, self.train_data.seg_dense_schema.renamed_features
+        shared = self.model.shared_parameter_sources(
+            self.train_data.seg_dense_schema.renamed_features
         )
         if shared and rates.backbone_learning_rate is None:
             raise ConfigValueError(
@@ -233,16 +160,6 @@ class RecapConfig(BaseConfig):
                     ("inference", "ranking_weights", task),
                 )
         return self
-
-    def ranking_weights(self) -> dict[str, float]:
-        """Task -> weight of the ranking score: the configured ones, else the published ones."""
-        if self.inference.ranking_weights is not None:
-            return dict(self.inference.ranking_weights)
-        return {
-            task: weight
-            for task, weight in PUBLISHED_RANKING_WEIGHTS.items()
-            if task in self.model.tasks
-        }
 
     @pydantic.model_validator(mode="after")
     def _check_accumulation_placement(self) -> RecapConfig:

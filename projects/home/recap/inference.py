@@ -1,11 +1,12 @@
-"""``--mode inference``: score a dataset with a checkpoint and write Parquet predictions.
+"""Inference mode (``--mode inference``): score a dataset with a checkpoint and write Parquet
+predictions.
 
-Each rank scores its disjoint share of the partition named by ``inference.data`` and writes
-``predictions-<rank>-of-<world size>.parquet`` with, per input row (each exactly once):
+Each rank scores its disjoint share of the partition named by ``inference.data`` and writes its
+own predictions file (see ``JobFolder``) with, per input row (each exactly once):
 
 * ``user_id``, ``author_id``, ``tweet_id`` when the config renames the meta ids;
 * ``probability/<task>`` and ``calibrated_probability/<task>`` for every model task;
-* ``score``: the sum over ``inference.ranking_weights`` of weight x calibrated probability.
+* ``score``: the sum over the ranking weights of weight x calibrated probability.
 
 The loader applies the same feature preprocessing as in training, without labels.
 """
@@ -22,12 +23,19 @@ import pyarrow.parquet as pq
 import torch
 import torch.distributed as dist
 
-from projects.home.recap.config import JobMode, RecapConfig
-from projects.home.recap.data.batch import RecapBatch
-from projects.home.recap.data.dataset import build_dataset
-from projects.home.recap.evaluation.evaluator import agreed_steps, lockstep_batches
-from projects.home.recap.training import build_sharded_model
-from tml.checkpoint import load_checkpoint, resolve_checkpoint
+from projects.home.recap.build import (
+    build_partition_data,
+    build_sharded_model,
+    load_trained_model,
+    model_input_spec,
+    unwrap,
+)
+from projects.home.recap.config import RecapConfig
+from projects.home.recap.data.dataset import ReadOptions
+from projects.home.recap.inference_config import ranking_weights
+from projects.home.recap.inputs import RecapBatch
+from projects.home.recap.job_folder import JobFolder
+from projects.home.recap.lockstep import agreed_steps, lockstep_batches
 from tml.core.errors import UserInputError
 from tml.distributed import DistributedEnvironment
 
@@ -59,7 +67,7 @@ def prediction_table(
     batch: RecapBatch,
     outputs: dict[str, torch.Tensor],
     tasks: list[str],
-    ranking_weights: dict[str, float],
+    weights: dict[str, float],
     schema: pa.Schema,
 ) -> pa.Table:
     """One batch's predictions as rows of ``schema``."""
@@ -72,8 +80,8 @@ def prediction_table(
     for index, task in enumerate(tasks):
         columns[f"probability/{task}"] = probabilities[:, index].numpy()
         columns[f"calibrated_probability/{task}"] = calibrated[:, index].numpy()
-    weights = torch.tensor([ranking_weights.get(task, 0.0) for task in tasks], dtype=torch.float64)
-    columns["score"] = (calibrated.double() @ weights).numpy()
+    task_weights = torch.tensor([weights.get(task, 0.0) for task in tasks], dtype=torch.float64)
+    columns["score"] = (calibrated.double() @ task_weights).numpy()
     return pa.table(columns, schema=schema)
 
 
@@ -82,44 +90,36 @@ def run_inference(config: RecapConfig, environment: DistributedEnvironment) -> P
     if not config.validation_data:
         raise UserInputError("inference mode scores a validation_data partition; none is defined")
     name = config.inference.data or next(iter(config.validation_data))
-    data_config = config.validation_data[name]
-    checkpoint = resolve_checkpoint(config.inference.checkpoint or config.training.save_dir)
+    job = JobFolder(config.training.save_dir)
+    checkpoint = job.find_checkpoint(config.inference.checkpoint)
     tasks = list(config.model.tasks)
-    dataset = build_dataset(
-        data_config,
-        mode=JobMode.INFERENCE,
-        tasks=tasks,
-        large_embeddings=config.model.large_embeddings,
-        rank=environment.rank,
-        world_size=environment.world_size,
-        seed=config.training.seed,
-    )
-    model = build_sharded_model(config, environment, dataset.batch_size)
-    state = {"model": model.state_dict()}
-    load_checkpoint(checkpoint, state, environment.rank)
-    model.load_state_dict(state["model"])
-    model.eval()
+    inputs = model_input_spec(config)
+    dataset = build_partition_data(config, name, ReadOptions.inference(), environment, inputs)
+    model = build_sharded_model(config, environment, inputs, dataset.batch_size)
+    load_trained_model(model, checkpoint, environment)
+    # Inference batches have no labels, so only the predictions are computed (the sharded
+    # module, unwrapped from data parallelism, which needs no gradients here).
+    predict = unwrap(model).predict
 
-    output_dir = Path(
-        config.inference.output_dir
-        or Path(config.training.save_dir) / "predictions" / checkpoint.name
-    )
+    output_dir = Path(config.inference.output_dir or job.predictions_dir(checkpoint))
     output_dir.mkdir(parents=True, exist_ok=True)
     if environment.is_main:
         # Files of an earlier run (maybe with another number of ranks) would mix in old rows.
-        for stale in output_dir.glob("predictions-*-of-*.parquet"):
+        for stale in JobFolder.predictions_files(output_dir):
             stale.unlink()
     if dist.is_initialized():
         dist.barrier()
-    path = output_dir / f"predictions-{environment.rank}-of-{environment.world_size}.parquet"
-    weights = config.ranking_weights()
-    schema = prediction_schema(data_config.seg_dense_schema.renamed_features, tasks)
+    path = JobFolder.predictions_file(output_dir, environment.rank, environment.world_size)
+    weights = ranking_weights(config.inference, tasks)
+    schema = prediction_schema(
+        config.validation_data[name].seg_dense_schema.renamed_features, tasks
+    )
     rows = 0
     # Every rank writes its file, empty if its share is, so the folder always has them all.
     with pq.ParquetWriter(path, schema, compression="zstd") as writer, torch.no_grad():
         steps = agreed_steps(dataset.batches_per_pass, -1, environment.device)
         for batch, counted in lockstep_batches(dataset, steps, environment.device):
-            outputs = _outputs_of(model, batch)
+            outputs = predict(batch)
             if counted:
                 table = prediction_table(batch, outputs, tasks, weights, schema)
                 writer.write_table(table)
@@ -133,9 +133,3 @@ def run_inference(config: RecapConfig, environment: DistributedEnvironment) -> P
         path,
     )
     return output_dir
-
-
-def _outputs_of(model: torch.nn.Module, batch: RecapBatch) -> dict[str, torch.Tensor]:
-    # Inference batches have no labels, so only the predictions are computed (the sharded
-    # module, unwrapped from data parallelism, which needs no gradients here).
-    return model.module.predict(batch)

@@ -12,6 +12,7 @@ filling it in the loader.
 from __future__ import annotations
 
 import dataclasses
+import enum
 import math
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -22,6 +23,34 @@ from torchrec.streamable import Pipelineable
 
 # Renamed features of the precomputed TwHIN embeddings the model reads when the data has them.
 TWHIN_EMBEDDINGS = ("user_embedding", "user_eng_embedding", "author_embedding")
+
+
+class ValueKind(enum.StrEnum):
+    """What a dense input's schema feature holds."""
+
+    FLOAT = "float"
+    INTEGER = "integer"
+
+
+@dataclasses.dataclass(frozen=True)
+class InputSource:
+    """Where the loader takes a dense input from.
+
+    Attributes:
+        feature: The renamed feature (``seg_dense_schema.renamed_features`` key) it reads.
+        kind: The values its schema feature must hold.
+        always_present: The loader always fills it (with zero columns when the config does not
+            rename the feature); otherwise it is None then.
+    """
+
+    feature: str
+    kind: ValueKind
+    always_present: bool
+
+
+def _source(feature: str, kind: ValueKind, *, always_present: bool) -> dict[str, InputSource]:
+    """The field metadata that declares where a dense input is read from."""
+    return {"source": InputSource(feature, kind, always_present)}
 
 
 @dataclasses.dataclass
@@ -40,17 +69,37 @@ class DenseInputs:
         author_embedding: TwHIN author vector, when the data renames one.
     """
 
-    continuous_features: torch.Tensor
-    binary_features: torch.Tensor
-    discrete_features: torch.Tensor | None = None
-    user_embedding: torch.Tensor | None = None
-    user_eng_embedding: torch.Tensor | None = None
-    author_embedding: torch.Tensor | None = None
+    # Each field declares the renamed feature it is read from: the loader and the feature
+    # planner take the list from here, so a new input is declared once.
+    continuous_features: torch.Tensor = dataclasses.field(
+        metadata=_source("continuous", ValueKind.FLOAT, always_present=True)
+    )
+    binary_features: torch.Tensor = dataclasses.field(
+        metadata=_source("binary", ValueKind.INTEGER, always_present=True)
+    )
+    # The model reads it only for small tables, position debias or concatenation.
+    discrete_features: torch.Tensor | None = dataclasses.field(
+        default=None, metadata=_source("discrete", ValueKind.INTEGER, always_present=True)
+    )
+    user_embedding: torch.Tensor | None = dataclasses.field(
+        default=None, metadata=_source("user_embedding", ValueKind.FLOAT, always_present=False)
+    )
+    user_eng_embedding: torch.Tensor | None = dataclasses.field(
+        default=None, metadata=_source("user_eng_embedding", ValueKind.FLOAT, always_present=False)
+    )
+    author_embedding: torch.Tensor | None = dataclasses.field(
+        default=None, metadata=_source("author_embedding", ValueKind.FLOAT, always_present=False)
+    )
 
     @classmethod
     def names(cls) -> tuple[str, ...]:
         """Every field name, in declaration order."""
         return tuple(field.name for field in dataclasses.fields(cls))
+
+    @classmethod
+    def sources(cls) -> dict[str, InputSource]:
+        """Field name -> the renamed feature it is read from, in declaration order."""
+        return {field.name: field.metadata["source"] for field in dataclasses.fields(cls)}
 
     @property
     def batch_size(self) -> int:
@@ -76,6 +125,9 @@ class DenseInputs:
 
 
 torch.export.register_dataclass(DenseInputs, serialized_type_name="tml.recap.DenseInputs")
+# An exported program's input spec names the class; loading it (torch.export.load reads with
+# weights_only) must be allowed to rebuild this plain data holder.
+torch.serialization.add_safe_globals([DenseInputs])
 
 
 @dataclasses.dataclass(frozen=True)
@@ -94,6 +146,22 @@ class InputWidths:
     binary: int
     discrete: int
     embeddings: dict[str, int]
+
+    @classmethod
+    def from_features(cls, widths: dict[str, int]) -> InputWidths:
+        """The widths of the dense inputs from the widths of the renamed features read (a dense
+        feature that is not read has zero columns; an absent embedding is left out)."""
+        return cls(
+            continuous=widths.get("continuous", 0),
+            binary=widths.get("binary", 0),
+            discrete=widths.get("discrete", 0),
+            embeddings={name: widths[name] for name in TWHIN_EMBEDDINGS if name in widths},
+        )
+
+    def of_feature(self, feature: str) -> int | None:
+        """The width of the input read from a renamed feature (None: an absent embedding)."""
+        fixed = {"continuous": self.continuous, "binary": self.binary, "discrete": self.discrete}
+        return fixed[feature] if feature in fixed else self.embeddings.get(feature)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -132,11 +200,31 @@ class InputSpec:
         widths: Dense input widths after preprocessing.
         task_sampling: Sampling of each task's label in the training data, by task name.
         continuous_source: Origin of the continuous columns (None when the data has none).
+        dtypes: The dtype the loader yields for each present dense input, by
+            :class:`DenseInputs` field name (after ``preprocess.downcast``).
     """
 
     widths: InputWidths
     task_sampling: dict[str, TaskSampling] = dataclasses.field(default_factory=dict)
     continuous_source: ContinuousSource | None = None
+    dtypes: dict[str, torch.dtype] = dataclasses.field(default_factory=dict)
+
+    def input_widths(self) -> dict[str, int]:
+        """The width of each present dense input, by :class:`DenseInputs` field name."""
+        widths = {
+            name: self.widths.of_feature(source.feature)
+            for name, source in DenseInputs.sources().items()
+        }
+        return {name: width for name, width in widths.items() if width is not None}
+
+    def example_inputs(self, batch_size: int) -> DenseInputs:
+        """Zeros of the widths and dtypes the loader yields (tracing, export, shape checks)."""
+        return DenseInputs(
+            **{
+                name: torch.zeros(batch_size, width, dtype=self.dtypes.get(name, torch.float32))
+                for name, width in self.input_widths().items()
+            }
+        )
 
     def with_widths(self, **changes: Any) -> InputSpec:
         """This spec with some widths replaced (tests and benchmarks build models this way)."""
@@ -181,7 +269,9 @@ class RecapBatch(Pipelineable):
             inputs=self.inputs.map(function),
             labels=function(self.labels),
             weights=function(self.weights),
-            sparse_features=None if self.sparse_features is None else function(self.sparse_features),
+            sparse_features=None
+            if self.sparse_features is None
+            else function(self.sparse_features),
             extra_features={name: function(value) for name, value in self.extra_features.items()},
         )
 

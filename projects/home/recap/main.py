@@ -1,28 +1,38 @@
-"""The ranker's entry point: parse, set up, build, run the mode, tear down.
+"""The ranker's entry point: parse the config, set up logging and the process group, run the
+mode, tear down.
 
     torchrun --standalone --nproc_per_node 2 -m projects.home.recap.main \
         --config_path projects/home/recap/config/local_cpu.yaml [--mode train] [dotted.path=value]
+
+(installed as the ``tml-recap`` command). Export and the report are commands of their own.
 """
 
 from __future__ import annotations
 
 import argparse
-import logging
+import enum
 import os
 import sys
 from collections.abc import Callable
 
-from projects.home.recap.config import JobMode, RecapConfig
-from projects.home.recap.evaluation.follower import run_evaluator
+from projects.home.recap.config import RecapConfig
+from projects.home.recap.evaluate import run_evaluator
 from projects.home.recap.inference import run_inference
-from projects.home.recap.training import run_training
+from projects.home.recap.train import run_training
 from tml.core.cli import USER_ERROR_EXIT, add_config_arguments, exit_status
 from tml.core.config import load_config_from_yaml
 from tml.core.errors import UserInputError
 from tml.distributed import DistributedEnvironment, distributed_environment
 from tml.observability.logging import setup_logging
 
-logger = logging.getLogger(__name__)
+
+class JobMode(enum.StrEnum):
+    """What a run of the entry point does."""
+
+    TRAIN = "train"
+    EVALUATE = "evaluate"
+    INFERENCE = "inference"
+
 
 MODES: dict[JobMode, Callable[[RecapConfig, DistributedEnvironment], object]] = {
     JobMode.TRAIN: run_training,
@@ -34,7 +44,7 @@ MODES: dict[JobMode, Callable[[RecapConfig, DistributedEnvironment], object]] = 
 def build_argument_parser() -> argparse.ArgumentParser:
     """The command line: a config, a mode, and dotted overrides of the config."""
     parser = argparse.ArgumentParser(
-        prog="python -m projects.home.recap.main", description="Train, evaluate or run the ranker."
+        prog="tml-recap", description="Train, evaluate or run the ranker."
     )
     add_config_arguments(parser)
     parser.add_argument(
@@ -49,7 +59,10 @@ def build_argument_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     """Runs the chosen mode; a mistake in config or data is one line on stderr and exit 2."""
     args = build_argument_parser().parse_args(argv)
+    # torchrun's variables name this process's rank before the process group exists; logging is
+    # set up first so that everything, the distributed set-up included, logs through it.
     rank = int(os.environ.get("RANK", 0))
+    setup_logging(rank)
     try:
         config = load_config_from_yaml(RecapConfig, args.config_path, args.overrides)
     except UserInputError as error:
@@ -59,7 +72,6 @@ def main(argv: list[str] | None = None) -> int:
 
     def run() -> None:
         with distributed_environment() as environment:
-            setup_logging(environment.rank)
             MODES[JobMode(args.mode)](config, environment)
 
     several = int(os.environ.get("WORLD_SIZE", 1)) > 1

@@ -19,6 +19,7 @@ from torchrec.distributed.planner.types import (
     HardwareConfig,
     KernelConfig,
     ParameterConstraints,
+    PlannerError,
     Topology,
     TopologyFactory,
     TrainerConfig,
@@ -28,9 +29,11 @@ from torchrec.distributed.types import ParameterSharding, ShardingPlan
 from torchrec.modules.embedding_modules import EmbeddingBagCollection
 from torchrec.optim.apply_optimizer_in_backward import apply_optimizer_in_backward
 
-from projects.home.recap.embedding.config import (
+from projects.home.recap.embedding.config import LargeEmbeddingsConfig
+from projects.home.recap.sharding_config import (
+    CPU_COMPUTE_KERNELS,
+    CPU_SHARDING_TYPES,
     ComputeKernel,
-    LargeEmbeddingsConfig,
     ShardingType,
 )
 from tml.core.errors import UserInputError
@@ -38,16 +41,6 @@ from tml.distributed import DistributedEnvironment
 
 logger = logging.getLogger(__name__)
 
-# What torchrec can run without CUDA (row-wise variants and UVM kernels need GPUs).
-CPU_SHARDING_TYPES = frozenset(
-    {
-        ShardingType.DATA_PARALLEL,
-        ShardingType.TABLE_WISE,
-        ShardingType.COLUMN_WISE,
-        ShardingType.TABLE_COLUMN_WISE,
-    }
-)
-CPU_COMPUTE_KERNELS = frozenset({ComputeKernel.DENSE, ComputeKernel.FUSED})
 # Share of device memory the planner leaves to dense parameters, activations and buffers.
 _RESERVED_MEMORY = 0.15
 
@@ -154,12 +147,15 @@ def shard_model(
     )
     try:
         plan = planner.collective_plan(model, sharders, dist.GroupMember.WORLD)
-    except RuntimeError as error:
-        # e.g. tables too large for the devices, or constraints no sharder can meet.
-        reason = str(error).splitlines()[0]
+    except PlannerError as error:
+        # Only the planner's own verdict (tables too large for the devices, constraints no
+        # sharder can meet) is a placement problem; anything else, such as a peer's connection
+        # reset during the plan's broadcast, propagates with its real cause.
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else repr(error)
         raise ShardingError(
-            f"torchrec's planner found no placement for the tables: {reason}"
-        ) from None
+            f"torchrec's planner found no placement for the tables ({error.error_type.value}): "
+            f"{reason}"
+        ) from error
 
     if environment.is_main and plan.plan:
         logger.info("sharding plan:\n%s", format_plan(plan))

@@ -7,8 +7,9 @@ from tml.checkpoint import (
     CheckpointManager,
     checkpoint_folder,
     complete_steps,
+    latest_complete_folder,
     load_checkpoint,
-    resolve_checkpoint,
+    load_weights,
 )
 
 
@@ -63,7 +64,7 @@ def test_a_torn_write_never_counts_and_is_cleaned_up(tmp_path, single_process_gr
     torn.mkdir()
     (torn / "__0_0.distcp").write_bytes(b"partial")
     assert manager.latest_step() == 5
-    assert resolve_checkpoint(tmp_path) == checkpoint_folder(tmp_path, 5)
+    assert latest_complete_folder(tmp_path) == checkpoint_folder(tmp_path, 5)
     with pytest.raises(FileNotFoundError, match="not a complete checkpoint"):
         load_checkpoint(torn, state_of(0.0))
     CheckpointManager(tmp_path)  # a restarted job removes what it cannot use
@@ -74,8 +75,21 @@ def test_partial_load_for_warm_start(tmp_path, single_process_group):
     manager = CheckpointManager(tmp_path / "checkpoints", async_save=False)
     manager.save(7, state_of(7.0))
     target = {"weights": torch.zeros(4)}
-    load_checkpoint(resolve_checkpoint(tmp_path), target)
+    load_checkpoint(latest_complete_folder(tmp_path / "checkpoints"), target)
     assert torch.equal(target["weights"], torch.full((4,), 7.0))
+
+
+def test_load_weights_reads_only_the_model_entry(tmp_path, single_process_group):
+    model = torch.nn.Linear(2, 1)
+    with torch.no_grad():
+        model.weight.fill_(3.0)
+    CheckpointManager(tmp_path, async_save=False).save(
+        4, {"model": model.state_dict(), "optimizer": {"lr": 0.5}}
+    )
+    fresh = torch.nn.Linear(2, 1)
+    load_weights(fresh, checkpoint_folder(tmp_path, 4))
+    assert torch.equal(fresh.weight, model.weight)
+    assert torch.equal(fresh.bias, model.bias)
 
 
 def test_no_checkpoint(tmp_path, single_process_group):
@@ -83,5 +97,4 @@ def test_no_checkpoint(tmp_path, single_process_group):
     assert manager.latest_step() is None
     with pytest.raises(FileNotFoundError, match=str(tmp_path)):
         manager.load(state_of(0.0))
-    with pytest.raises(FileNotFoundError, match="no complete checkpoint"):
-        resolve_checkpoint(tmp_path)
+    assert latest_complete_folder(tmp_path) is None

@@ -6,7 +6,11 @@ from tml.observability.metric_loggers import build_metric_loggers
 
 
 def test_main_rank_writes_jsonl_tensorboard_and_console(tmp_path, caplog):
-    loggers = build_metric_loggers(tmp_path, name="train")
+    loggers = build_metric_loggers(
+        name="train",
+        jsonl_path=tmp_path / "train.jsonl",
+        tensorboard_dir=tmp_path / "tensorboard" / "train",
+    )
     with caplog.at_level(logging.INFO):
         loggers.log(10, {"loss": 0.5, "lr/backbone": 1e-3, "auroc": math.nan})
         loggers.log(20, {"loss": 0.25})
@@ -19,7 +23,9 @@ def test_main_rank_writes_jsonl_tensorboard_and_console(tmp_path, caplog):
 
 
 def test_other_ranks_write_nothing(tmp_path):
-    loggers = build_metric_loggers(tmp_path, name="train", is_main=False)
+    loggers = build_metric_loggers(
+        name="train", jsonl_path=tmp_path / "a.jsonl", tensorboard_dir=tmp_path, is_main=False
+    )
     loggers.log(1, {"loss": 1.0})
     loggers.close()
     assert list(tmp_path.iterdir()) == []

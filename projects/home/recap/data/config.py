@@ -9,9 +9,6 @@ import pydantic
 
 from tml.core.config import BaseConfig, ConfigValueError, Field
 
-# Renamed features of the precomputed TwHIN embeddings the model reads when the data has them.
-TWHIN_EMBEDDINGS = ("user_embedding", "user_eng_embedding", "author_embedding")
-
 DATE_FORMAT = "%Y/%m/%d"
 DATETIME_FORMAT = "%Y/%m/%d/%H"
 

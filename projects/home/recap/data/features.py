@@ -1,8 +1,10 @@
-"""Which schema features a data config reads, under which names, and their widths.
+"""Which schema features a data config reads, under which names, and what the model is told.
 
 Every name the config uses is checked against the schema here, once, when a dataset is built,
 so that a typo fails before any file is opened, with an error naming the schema file and the
-config field.
+config field. The same plan yields the :class:`InputSpec` the model is built from, so the
+widths the model expects and the arrays the loader yields come from one reading of the schema
+and mask files.
 """
 
 from __future__ import annotations
@@ -11,11 +13,11 @@ import dataclasses
 from collections.abc import Sequence
 
 import numpy as np
+import torch
 
-from projects.home.recap.data.batch import TWHIN_EMBEDDINGS, FeatureWidths
 from projects.home.recap.data.config import DataType, RecapDataConfig, RectifyLabels
-from projects.home.recap.data.parquet_format import FeatureRead
-from projects.home.recap.data.preprocess import TruncateAndSliceStep
+from projects.home.recap.data.preprocess import TORCH_DTYPES, TruncateAndSliceStep
+from projects.home.recap.data.reader import FeatureRead
 from projects.home.recap.data.schema import (
     FeatureDtype,
     FeatureSpec,
@@ -24,6 +26,14 @@ from projects.home.recap.data.schema import (
     load_schema,
 )
 from projects.home.recap.embedding.config import LargeEmbeddingsConfig
+from projects.home.recap.inputs import (
+    ContinuousSource,
+    DenseInputs,
+    InputSpec,
+    InputWidths,
+    TaskSampling,
+    ValueKind,
+)
 
 # The types a feature may be cast to: floats stay floats; integers (flags, counts, ids) may also
 # become bool or uint8 where their values fit.
@@ -34,12 +44,42 @@ DOWNCASTS: dict[FeatureDtype, frozenset[DataType]] = {
     FeatureDtype.BYTES_LIST: frozenset(),
 }
 
-# Renamed features with a fixed place in RecapBatch -> the schema dtype they need.
-DENSE_FEATURES: dict[str, FeatureDtype] = {
-    "continuous": FeatureDtype.FLOAT_LIST,
-    "binary": FeatureDtype.INT64_LIST,
-    "discrete": FeatureDtype.INT64_LIST,
-    **{name: FeatureDtype.FLOAT_LIST for name in TWHIN_EMBEDDINGS},
+
+@dataclasses.dataclass(frozen=True)
+class DenseInput:
+    """How a renamed feature becomes one field of :class:`DenseInputs`.
+
+    Attributes:
+        field: The :class:`DenseInputs` field it fills.
+        schema_dtype: The schema dtype the feature must have.
+        dtype: The tensor type the loader yields for it (before ``preprocess.downcast``).
+        optional: True: the field is None when the config does not rename the feature; False:
+            it has zero columns then (the model always receives it).
+    """
+
+    field: str
+    schema_dtype: FeatureDtype
+    dtype: torch.dtype
+    optional: bool
+
+
+# What the schema must hold, and what the loader yields, for each kind of dense input.
+_SCHEMA_DTYPES = {
+    ValueKind.FLOAT: FeatureDtype.FLOAT_LIST,
+    ValueKind.INTEGER: FeatureDtype.INT64_LIST,
+}
+_TORCH_DTYPES = {ValueKind.FLOAT: torch.float32, ValueKind.INTEGER: torch.int64}
+
+# Renamed feature -> its place in DenseInputs, derived from the fields' own declarations in
+# inputs.py: the one table the loader, the input spec and the schema checks read.
+DENSE_INPUTS: dict[str, DenseInput] = {
+    source.feature: DenseInput(
+        field,
+        _SCHEMA_DTYPES[source.kind],
+        _TORCH_DTYPES[source.kind],
+        optional=not source.always_present,
+    )
+    for field, source in DenseInputs.sources().items()
 }
 
 
@@ -56,7 +96,8 @@ class FeaturePlan:
         sparse_tables: Large embedding tables, in config order; each reads the renamed feature
             of its name.
         lengths: Full length of every exposed feature, by exposed name.
-        widths: The model's input widths.
+        spec: What the model is built for: widths after preprocessing, the sampling of the
+            model's tasks, where the continuous columns come from.
     """
 
     schema: SegDenseSchema
@@ -66,7 +107,7 @@ class FeaturePlan:
     extras: tuple[str, ...]
     sparse_tables: tuple[str, ...]
     lengths: dict[str, int]
-    widths: FeatureWidths
+    spec: InputSpec
 
 
 def _check_dense(spec: FeatureSpec, where: str, schema: SegDenseSchema) -> None:
@@ -117,8 +158,8 @@ class _Planner:
         for name, schema_name in dense.renamed_features.items():
             where = f"seg_dense_schema.renamed_features.{name}"
             spec = self.expose(schema_name, name, where)
-            if name in DENSE_FEATURES:
-                _check_dtype(spec, DENSE_FEATURES[name], where, self.schema)
+            if name in DENSE_INPUTS:
+                _check_dtype(spec, DENSE_INPUTS[name].schema_dtype, where, self.schema)
         for index, schema_name in enumerate(dense.features):
             self.expose(schema_name, schema_name, f"seg_dense_schema.features[{index}]")
         if not self.exposed:
@@ -292,24 +333,66 @@ def plan_features(
         reads=tuple(reads),
         names={key: tuple(value) for key, value in planner.names.items()},
         labels=tuple(labels),
-        extras=tuple([name for name in planner.exposed if name not in DENSE_FEATURES] + extracted),
+        extras=tuple([name for name in planner.exposed if name not in DENSE_INPUTS] + extracted),
         sparse_tables=tuple(table.name for table in large_embeddings.tables)
         if large_embeddings
         else (),
         lengths=lengths,
-        widths=FeatureWidths(
-            continuous=widths.get("continuous", 0),
-            binary=widths.get("binary", 0),
-            discrete=widths.get("discrete", 0),
-            embeddings={name: widths[name] for name in TWHIN_EMBEDDINGS if name in widths},
+        spec=InputSpec(
+            widths=InputWidths.from_features(widths),
+            task_sampling={
+                task: TaskSampling(
+                    pos_downsampling_rate=config.tasks[task].pos_downsampling_rate,
+                    neg_downsampling_rate=config.tasks[task].neg_downsampling_rate,
+                )
+                for task in tasks
+            },
+            continuous_source=_continuous_source(planner, selections),
+            dtypes=_dense_dtypes(config, widths),
         ),
     )
 
 
-def feature_widths(config: RecapDataConfig) -> FeatureWidths:
-    """The model's input widths after preprocessing (reads the schema and any mask files).
+def _dense_dtypes(config: RecapDataConfig, widths: dict[str, int]) -> dict[str, torch.dtype]:
+    """The type of every dense input the loader yields, after ``preprocess.downcast`` (export
+    traces the model with inputs of exactly these types)."""
+    steps = config.preprocess
+    downcast = steps.downcast.features if steps and steps.downcast else {}
+    return {
+        dense.field: TORCH_DTYPES[downcast[name]] if name in downcast else dense.dtype
+        for name, dense in DENSE_INPUTS.items()
+        if not dense.optional or name in widths
+    }
+
+
+def _continuous_source(
+    planner: _Planner, selections: dict[str, np.ndarray]
+) -> ContinuousSource | None:
+    """Where ``continuous`` comes from: statistics computed on the raw schema feature (z-score)
+    must be cut to the columns the reader keeps."""
+    if "continuous" not in planner.exposed:
+        return None
+    spec = planner.exposed["continuous"]
+    kept = selections.get(spec.name)
+    return ContinuousSource(
+        feature=spec.name,
+        raw_width=spec.length,
+        kept_columns=None if kept is None else tuple(int(column) for column in kept),
+    )
+
+
+def build_input_spec(config: RecapDataConfig, tasks: Sequence[str]) -> InputSpec:
+    """What the model is built for, without reading any data (reads the schema and any mask
+    files once).
+
+    A dataset built from the same config holds the same spec as ``RecapDataset.input_spec``;
+    this is for the modes that build a model without a loader (export, a config check).
+
+    Args:
+        config: The data config the model is trained on.
+        tasks: The model's tasks in order; each must be one of ``config.tasks``.
 
     Raises:
         SchemaError, PreprocessError: as :func:`plan_features`.
     """
-    return plan_features(config, tasks=[], with_labels=False).widths
+    return plan_features(config, tasks=tasks, with_labels=False).spec

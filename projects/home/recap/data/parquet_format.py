@@ -27,6 +27,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from projects.home.recap.data.reader import Arrays, DataFileError, FeatureRead
 from projects.home.recap.data.schema import (
     VARIABLE_LENGTH,
     FeatureDtype,
@@ -34,7 +35,6 @@ from projects.home.recap.data.schema import (
     SegDenseSchema,
     parse_schema,
 )
-from tml.core.errors import UserInputError
 
 METADATA_KEY = b"tml.segdense"
 FORMAT_VERSION = 1
@@ -51,10 +51,6 @@ _ACCEPTED_TYPES = {
     FeatureDtype.FLOAT_LIST: pa.types.is_floating,
     FeatureDtype.BYTES_LIST: lambda t: pa.types.is_binary(t) or pa.types.is_string(t),
 }
-
-
-class DataFileError(UserInputError):
-    """A data file cannot be read or does not follow the schema; the message names it."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -240,18 +236,6 @@ class SegDenseWriter:
 
 
 @dataclasses.dataclass(frozen=True)
-class FeatureRead:
-    """Which values of a feature to read: ``indices`` (sorted, unique) or all when None."""
-
-    spec: FeatureSpec
-    indices: np.ndarray | None = None
-
-    @property
-    def width(self) -> int:
-        return self.spec.length if self.indices is None else len(self.indices)
-
-
-@dataclasses.dataclass(frozen=True)
 class _ChunkRead:
     chunk: ColumnChunk
     # Positions inside the chunk, and where they land in the output.
@@ -259,11 +243,12 @@ class _ChunkRead:
     target: slice
 
 
-class DataFile:
+class ParquetDataFile:
     """One Parquet file checked against the schema; reads row groups of chosen features.
 
-    Opening reads only the footer. The object is cheap to pickle and safe to share between
-    threads: each read opens the file anew with the already-parsed footer.
+    Implements :class:`projects.home.recap.data.reader.DataFile`. Opening reads only the
+    footer. The object is cheap to pickle and safe to share between threads: each read opens
+    the file anew with the already-parsed footer.
     """
 
     def __init__(self, path: str, schema: SegDenseSchema, reads: Sequence[FeatureRead]):
@@ -377,14 +362,14 @@ class DataFile:
                 f"{where}: values of type {value_type} do not match schema dtype {spec.dtype}"
             )
 
-    def allocate(self, rows: int) -> dict[str, np.ndarray]:
+    def allocate(self, rows: int) -> Arrays:
         """Uninitialised output arrays for ``rows`` rows of every feature read."""
         return {
             read.spec.name: np.empty((rows, read.width), dtype=read.spec.numpy_dtype)
             for read in self._reads
         }
 
-    def read(self, row_group: int) -> dict[str, np.ndarray]:
+    def read(self, row_group: int) -> Arrays:
         """Decodes one row group: feature name -> ``[rows, width]`` array of the schema dtype.
 
         Raises:
@@ -396,9 +381,7 @@ class DataFile:
         self.read_into(row_group, out, slice(0, rows))
         return out
 
-    def read_into(
-        self, row_group: int, out: dict[str, np.ndarray], destination: slice | np.ndarray
-    ) -> None:
+    def read_into(self, row_group: int, out: Arrays, destination: slice | np.ndarray) -> None:
         """Decodes one row group into rows ``destination`` of ``out`` (from :meth:`allocate`).
 
         Writing straight into the caller's (e.g. shuffled) positions saves a copy of every value.
@@ -444,3 +427,18 @@ class DataFile:
             raise DataFileError(f"{where}: {array.null_count} null values")
         values = array.to_numpy(zero_copy_only=False)
         return values.reshape(rows, width)
+
+
+class ParquetFormat:
+    """Parquet as the loader's file format
+    (:class:`projects.home.recap.data.reader.FileFormat`)."""
+
+    def open(
+        self, path: str, schema: SegDenseSchema, reads: Sequence[FeatureRead]
+    ) -> ParquetDataFile:
+        """Opens ``path`` (its footer only) for ``reads``.
+
+        Raises:
+            DataFileError: as :class:`ParquetDataFile`.
+        """
+        return ParquetDataFile(path, schema, reads)

@@ -2,45 +2,15 @@
 
 from __future__ import annotations
 
-import enum
-
 import pydantic
 
+from projects.home.recap.sharding_config import (
+    KERNELS_OF_SHARDING,
+    ComputeKernel,
+    ShardingType,
+)
 from tml.core.config import BaseConfig, ConfigValueError, Field
 from tml.optimizers.config import LearningRate
-
-
-class ShardingType(enum.StrEnum):
-    """How torchrec may split a large table across ranks (torchrec's ``ShardingType`` values)."""
-
-    DATA_PARALLEL = "data_parallel"
-    TABLE_WISE = "table_wise"
-    COLUMN_WISE = "column_wise"
-    ROW_WISE = "row_wise"
-    TABLE_ROW_WISE = "table_row_wise"
-    TABLE_COLUMN_WISE = "table_column_wise"
-
-
-class ComputeKernel(enum.StrEnum):
-    """Where and how torchrec computes a table's lookups (torchrec's compute kernel values)."""
-
-    DENSE = "dense"
-    FUSED = "fused"
-    FUSED_UVM = "fused_uvm"
-    FUSED_UVM_CACHING = "fused_uvm_caching"
-
-
-# The compute kernels torchrec offers for each sharding type.
-KERNELS_OF_SHARDING: dict[ShardingType, frozenset[ComputeKernel]] = {
-    kind: (
-        frozenset({ComputeKernel.DENSE})
-        if kind == ShardingType.DATA_PARALLEL
-        else frozenset(
-            {ComputeKernel.FUSED, ComputeKernel.FUSED_UVM, ComputeKernel.FUSED_UVM_CACHING}
-        )
-    )
-    for kind in ShardingType
-}
 
 
 class EmbeddingSnapshot(BaseConfig):
@@ -151,11 +121,3 @@ class SmallEmbeddingsConfig(BaseConfig):
         if duplicates:
             raise ValueError(f"table names must be unique, repeated: {duplicates}")
         return self
-
-
-class StratifierConfig(BaseConfig):
-    """A discrete column emitted with the outputs so metrics can be sliced by its value."""
-
-    name: str = Field(description="Name of the slice in metric names.")
-    index: pydantic.NonNegativeInt = Field(description="Column of the discrete features.")
-    value: int = Field(description="Value of that column selecting the slice.")

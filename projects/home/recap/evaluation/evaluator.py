@@ -18,21 +18,20 @@ import json
 import logging
 import math
 import time
-from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import torch
 import torch.distributed as dist
 
-from projects.home.recap.config import JobMode, RecapConfig
-from projects.home.recap.data.batch import RecapBatch
-from projects.home.recap.data.config import RecapDataConfig
-from projects.home.recap.data.dataset import build_dataset
-from projects.home.recap.data.features import feature_widths
+from projects.home.recap.build import build_partition_data
+from projects.home.recap.config import RecapConfig
+from projects.home.recap.data.dataset import ReadOptions
 from projects.home.recap.evaluation.metrics import build_metrics
-from tml.core.errors import UserInputError
+from projects.home.recap.inputs import InputSpec
+from projects.home.recap.job_folder import JobFolder, MetricStream
+from projects.home.recap.lockstep import agreed_steps, lockstep_batches
 from tml.distributed import DistributedEnvironment
-from tml.observability.metric_loggers import MetricLoggers, build_metric_loggers
+from tml.observability.metric_loggers import MetricLoggers
 
 logger = logging.getLogger(__name__)
 
@@ -47,9 +46,9 @@ class PartitionEvaluator:
 
     Args:
         name: The partition's name in ``validation_data``.
-        data_config: The partition.
         config: The job's config (model tasks, metric set, stratifiers, eval length).
         environment: This process's place in the job.
+        model_inputs: The inputs the model was built for; the partition must match them.
 
     Raises:
         UserInputError: the partition's features differ in width from the training data's
@@ -59,39 +58,23 @@ class PartitionEvaluator:
     def __init__(
         self,
         name: str,
-        data_config: RecapDataConfig,
         config: RecapConfig,
         environment: DistributedEnvironment,
+        model_inputs: InputSpec,
     ) -> None:
         self.name = name
-        self.data_config = data_config
         self.config = config
         self.environment = environment
         self.tasks = list(config.model.tasks)
-        widths, trained = feature_widths(data_config), feature_widths(config.train_data)
-        if widths != trained:
-            raise UserInputError(
-                f"validation_data.{name}: its features are {widths}, but the model is built for "
-                f"the training data's {trained}; use the same schema and preprocessing"
-            )
-        try:
-            self.dataset = build_dataset(
-                data_config,
-                mode=JobMode.EVALUATE,
-                tasks=self.tasks,
-                large_embeddings=config.model.large_embeddings,
-                rank=environment.rank,
-                world_size=environment.world_size,
-                seed=config.training.seed,
-            )
-        except UserInputError as error:
-            raise UserInputError(f"validation_data.{name}: {error}") from None
+        self.dataset = build_partition_data(
+            config, name, ReadOptions.evaluation(), environment, model_inputs
+        )
         self._start = self.dataset.state_dict()
         self.metrics = build_metrics(
             self.tasks,
             config.which_metrics,
             config.model.stratifiers,
-            evaluation_tasks=data_config.evaluation_tasks,
+            evaluation_tasks=config.validation_data[name].evaluation_tasks,
             prediction_key="calibrated_probabilities",
         ).to(environment.device)
 
@@ -118,41 +101,6 @@ class PartitionEvaluator:
         results["loss"] = (loss_sum[0] / loss_sum[1]).item() if loss_sum[1] > 0 else math.nan
         results["examples"] = float(loss_sum[1].item())
         return results
-
-
-def agreed_steps(batches: int, num_steps: int, device: torch.device) -> int:
-    """The number of forwards every rank runs: the largest share's batches (all of every
-    share's rows), capped at ``num_steps`` when it is not negative. One collective."""
-    if dist.is_initialized() and dist.get_world_size() > 1:
-        count = torch.tensor([batches], dtype=torch.int64, device=device)
-        dist.all_reduce(count, op=dist.ReduceOp.MAX)
-        batches = int(count.item())
-    return batches if num_steps < 0 else min(batches, num_steps)
-
-
-def lockstep_batches(
-    dataset: Iterable[RecapBatch], steps: int, device: torch.device
-) -> Iterator[tuple[RecapBatch, bool]]:
-    """Exactly ``steps`` batches on ``device``, each flagged whether it counts.
-
-    Sharded tables make every forward a collective, so every rank runs the same number of them
-    (see :func:`agreed_steps`); a rank whose share ends first repeats its last batch with
-    ``counted=False``.
-    """
-    iterator = iter(dataset)
-    last: RecapBatch | None = None
-    for _ in range(steps):
-        batch = next(iterator, None)
-        if batch is not None:
-            last = batch.to(device)
-            yield last, True
-        elif last is not None:
-            yield last, False
-        else:
-            raise UserInputError(
-                "a rank got no batch at all from its share of the data while others did; "
-                "write more files or row groups than ranks"
-            )
 
 
 class Evaluation:
@@ -195,18 +143,27 @@ class Evaluation:
 
 
 def build_evaluation(
-    config: RecapConfig, environment: DistributedEnvironment, *, stream: str = "eval"
+    config: RecapConfig,
+    environment: DistributedEnvironment,
+    stream: MetricStream,
+    model_inputs: InputSpec,
 ) -> Evaluation | None:
-    """Evaluation of every ``validation_data`` partition, or None when there is nothing to do."""
+    """Evaluation of every ``validation_data`` partition, or None when there is nothing to do.
+
+    Args:
+        config: The job.
+        environment: This process's place in it.
+        stream: Where the metrics are logged (in-training evaluation or the follower).
+        model_inputs: The inputs the model was built for.
+    """
     if not config.validation_data or config.training.num_eval_steps == 0:
         return None
     partitions = [
-        PartitionEvaluator(name, partition, config, environment)
-        for name, partition in config.validation_data.items()
+        PartitionEvaluator(name, config, environment, model_inputs)
+        for name in config.validation_data
     ]
-    loggers = build_metric_loggers(
-        config.training.save_dir,
-        name=stream,
+    loggers = JobFolder(config.training.save_dir).metric_loggers(
+        stream,
         is_main=environment.is_main,
         # Per-task metrics are printed as a table; the console line has each partition's totals.
         console_shows=lambda name: name.count("/") == 1,

@@ -18,8 +18,8 @@ from typing import Any, Literal
 
 import torch
 
-from projects.home.recap.config import METRICS_OF_SET, MetricSet
-from projects.home.recap.embedding.config import StratifierConfig
+from projects.home.recap.evaluation.metric_sets import METRICS_OF_SET, MetricSet
+from projects.home.recap.model.config import StratifierConfig
 from tml.metrics import METRICS, BinaryMetric
 from tml.metrics.precision_recall import DEFAULT_THRESHOLD
 

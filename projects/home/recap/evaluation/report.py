@@ -2,8 +2,7 @@
 
     python -m projects.home.recap.evaluation.report --config_path CFG [dotted.path=value ...]
 
-Reads ``<save_dir>/eval.jsonl`` (written during training) or, failing that,
-``<save_dir>/evaluator.jsonl`` (written by ``--mode evaluate``).
+Reads the in-training evaluation stream or, failing that, the follower's (``--mode evaluate``).
 """
 
 from __future__ import annotations
@@ -11,21 +10,21 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from pathlib import Path
 
 from projects.home.recap.config import RecapConfig
 from projects.home.recap.evaluation.evaluator import format_summary
+from projects.home.recap.job_folder import JobFolder, MetricStream
 from tml.core.cli import add_config_arguments, exit_status
 from tml.core.config import load_config_from_yaml
 from tml.core.errors import UserInputError
 
-_STREAMS = ("eval.jsonl", "evaluator.jsonl")
+_STREAMS = (MetricStream.EVAL, MetricStream.EVALUATOR)
 
 
-def latest_results(save_dir: Path) -> tuple[int, dict[str, float]]:
+def latest_results(job: JobFolder) -> tuple[int, dict[str, float]]:
     """The step and metrics of the newest evaluation record of a job."""
-    for name in _STREAMS:
-        path = save_dir / name
+    for stream in _STREAMS:
+        path = job.metrics_file(stream)
         if path.is_file():
             lines = [line for line in path.read_text().splitlines() if line.strip()]
             if lines:
@@ -33,13 +32,14 @@ def latest_results(save_dir: Path) -> tuple[int, dict[str, float]]:
                 step = record.pop("step")
                 record.pop("time", None)
                 return step, record
-    raise UserInputError(f"no evaluation results in {save_dir} ({' or '.join(_STREAMS)})")
+    names = " or ".join(job.metrics_file(stream).name for stream in _STREAMS)
+    raise UserInputError(f"no evaluation results in {job.root} ({names})")
 
 
 def report(config: RecapConfig) -> str:
     """Tables of per-task AUROC and RCE for each partition, and the prediction files."""
-    save_dir = Path(config.training.save_dir)
-    step, metrics = latest_results(save_dir)
+    job = JobFolder(config.training.save_dir)
+    step, metrics = latest_results(job)
     lines = []
     for partition in config.validation_data:
         prefix = f"{partition}/"
@@ -50,7 +50,7 @@ def report(config: RecapConfig) -> str:
         lines.append(f"{partition} at step {step} ({examples} examples):")
         lines.append(format_summary(own, list(config.model.tasks)))
         lines.append("")
-    predictions = sorted((save_dir / "predictions").glob("*/*.parquet"))
+    predictions = job.all_predictions_files()
     if predictions:
         lines.append("predictions:")
         lines.extend(f"  {path}" for path in predictions)
@@ -58,6 +58,7 @@ def report(config: RecapConfig) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """The command line; a mistake is one line on stderr and exit 2."""
     parser = argparse.ArgumentParser(
         prog="python -m projects.home.recap.evaluation.report",
         description="Print a job's latest evaluation results.",

@@ -10,6 +10,7 @@ from torch import nn
 from projects.home.recap.model.config import TaskModel
 from projects.home.recap.model.dcn import build_dcn
 from projects.home.recap.model.dlrm import build_dlrm
+from projects.home.recap.model.errors import ModelInputError
 from projects.home.recap.model.input_layout import InputLayout
 from projects.home.recap.model.mask_net import build_mask_net
 from projects.home.recap.model.mlp import build_mlp
@@ -33,7 +34,15 @@ def build_task_network(task_model: TaskModel, layout: InputLayout) -> nn.Module:
 
     Returns:
         A module with an ``out_features`` attribute.
+
+    Raises:
+        ModelInputError: the chosen variant has no builder in :data:`ARCHITECTURES`.
     """
-    variant = task_model.chosen("architecture")
-    assert variant is not None  # the one-of group guarantees a variant
-    return ARCHITECTURES[variant](getattr(task_model, variant), layout)
+    variant, config = task_model.architecture()
+    builder = ARCHITECTURES.get(variant)
+    if builder is None:
+        raise ModelInputError(
+            f"architecture '{variant}' has no builder; add it to ARCHITECTURES in "
+            f"{__name__} (known: {sorted(ARCHITECTURES)})"
+        )
+    return builder(config, layout)

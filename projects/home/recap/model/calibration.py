@@ -2,39 +2,32 @@
 
 from __future__ import annotations
 
-import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import torch
 from torch import nn
 
-from projects.home.recap.data.config import RecapDataConfig
+from projects.home.recap.inputs import TaskSampling
 from projects.home.recap.model.errors import ModelInputError
 
 
-def calibration_log_ratios(tasks: Sequence[str], data_config: RecapDataConfig) -> torch.Tensor:
+def calibration_log_ratios(
+    tasks: Sequence[str], task_sampling: Mapping[str, TaskSampling]
+) -> torch.Tensor:
     """``log(neg_downsampling_rate / pos_downsampling_rate)`` of each task, looked up by name.
 
     Args:
         tasks: Task names, in the model's order.
-        data_config: The data whose sampling rates apply (it may list more tasks, in any order).
+        task_sampling: How the training data sampled each label, by task name (it may list
+            more tasks, in any order).
 
     Returns:
         A float32 tensor ``[len(tasks)]``.
     """
-    missing = [task for task in tasks if task not in data_config.tasks]
+    missing = [task for task in tasks if task not in task_sampling]
     if missing:
-        raise ModelInputError(f"the data config has no sampling rates for model tasks {missing}")
-    return torch.tensor(
-        [
-            math.log(
-                data_config.tasks[task].neg_downsampling_rate
-                / data_config.tasks[task].pos_downsampling_rate
-            )
-            for task in tasks
-        ],
-        dtype=torch.float32,
-    )
+        raise ModelInputError(f"the input spec has no sampling rates for model tasks {missing}")
+    return torch.tensor([task_sampling[task].log_ratio for task in tasks], dtype=torch.float32)
 
 
 def calibrate(logits: torch.Tensor, log_ratios: torch.Tensor) -> torch.Tensor:

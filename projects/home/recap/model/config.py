@@ -4,15 +4,15 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Iterable
+from typing import Any
 
 import pydantic
 
-from projects.home.recap.data.config import TWHIN_EMBEDDINGS
 from projects.home.recap.embedding.config import (
     LargeEmbeddingsConfig,
     SmallEmbeddingsConfig,
-    StratifierConfig,
 )
+from projects.home.recap.inputs import TWHIN_EMBEDDINGS
 from tml.core.config import BaseConfig, ConfigValueError, Field
 
 
@@ -68,6 +68,15 @@ class MlpConfig(BaseConfig):
     dropout: DropoutConfig | None = Field(None, description="Dropout after each hidden ReLU.")
     final_layer_activation: bool = Field(False, description="Apply ReLU after the last Linear too.")
 
+    @property
+    def out_features(self) -> int:
+        """Width of the output: the last layer's."""
+        return self.layer_sizes[-1]
+
+    def logit_problem(self) -> str | None:
+        """Why this network's output is not one unit (a logit), or None when it is."""
+        return None if self.out_features == 1 else f"layer_sizes ends in {self.out_features}"
+
 
 class DcnConfig(BaseConfig):
     """Deep & Cross Network: ``poly_degree`` cross layers, optionally with an MLP."""
@@ -85,6 +94,14 @@ class DcnConfig(BaseConfig):
         "network's; false: the MLP is stacked on the cross network.",
     )
     output_mlp: MlpConfig | None = Field(None, description="An MLP on top of everything.")
+
+    def logit_problem(self) -> str | None:
+        """Why this network's output is not one unit (a logit), or None when it is."""
+        if self.output_mlp is not None:
+            return _prefixed("output_mlp", self.output_mlp.logit_problem())
+        if self.parallel_mlp is not None and not self.use_parallel:
+            return _prefixed("parallel_mlp", self.parallel_mlp.logit_problem())
+        return "a DCN tower's cross network is as wide as its input; add an output_mlp ending in 1"
 
 
 class MaskBlockConfig(BaseConfig):
@@ -111,6 +128,13 @@ class MaskNetConfig(BaseConfig):
         False, description="true: every block sees the input; false: blocks are chained."
     )
 
+    def logit_problem(self) -> str | None:
+        """Why this network's output is not one unit (a logit), or None when it is."""
+        if self.mlp is not None:
+            return _prefixed("mlp", self.mlp.logit_problem())
+        # A block's LayerNorm over a single unit outputs a constant, so the logit needs the MLP.
+        return "a MaskNet tower needs an mlp ending in 1 (its blocks end in a LayerNorm)"
+
 
 class DlrmConfig(BaseConfig):
     """DLRM: bottom MLP over dense features, pairwise dot interaction, top MLP."""
@@ -119,6 +143,24 @@ class DlrmConfig(BaseConfig):
         description="MLP over the dense input; its output width must equal the embedding width."
     )
     top_mlp: MlpConfig = Field(description="MLP over the interaction output.")
+
+    @property
+    def vector_width(self) -> int:
+        """The width every interacted vector has: the bottom MLP's output and each embedding."""
+        return self.bottom_mlp.out_features
+
+    def logit_problem(self) -> str | None:
+        """Why this network's output is not one unit (a logit), or None when it is."""
+        return _prefixed("top_mlp", self.top_mlp.logit_problem())
+
+
+def _prefixed(field: str, problem: str | None) -> str | None:
+    # Problems of a nested MLP read as a path from the variant: "top_mlp.layer_sizes ends in 2".
+    return None if problem is None else f"{field}.{problem}"
+
+
+# The architecture variants; each one answers logit_problem() for itself.
+Architecture = MlpConfig | DcnConfig | MaskNetConfig | DlrmConfig
 
 
 class AffineMap(BaseConfig):
@@ -146,9 +188,17 @@ class TaskModel(BaseConfig):
         1.0, description="Weight of positive examples in this task's loss (towers only)."
     )
 
+    def architecture(self) -> tuple[str, Architecture]:
+        """The chosen architecture: its field name (the builder table's key) and its config."""
+        return _chosen_variant(self, "architecture")
+
 
 class Log1pAbsConfig(BaseConfig):
     """``sign(x) * log1p(|x|)`` of the continuous features."""
+
+    def parameter_sources(self) -> list[str]:
+        """The parts of this transform with trainable parameters: none."""
+        return []
 
 
 class ClipLog1pAbsConfig(BaseConfig):
@@ -157,6 +207,10 @@ class ClipLog1pAbsConfig(BaseConfig):
     clip_magnitude: pydantic.NonNegativeFloat = Field(
         3e38, description="Bound on the transformed values."
     )
+
+    def parameter_sources(self) -> list[str]:
+        """The parts of this transform with trainable parameters: none."""
+        return []
 
 
 class ZScoreLogConfig(BaseConfig):
@@ -200,6 +254,10 @@ class ZScoreLogConfig(BaseConfig):
             )
         return self
 
+    def parameter_sources(self) -> list[str]:
+        """The parts of this transform with trainable parameters (its batch norm is affine)."""
+        return ["featurization batch norm"] if self.use_batch_norm else []
+
 
 class DoubleNormLogConfig(BaseConfig):
     """log1p transform, optional batch norm, clipping, then optional layer norm."""
@@ -213,6 +271,19 @@ class DoubleNormLogConfig(BaseConfig):
     layer_norm_config: LayerNormConfig | None = Field(
         None, description="Layer norm over continuous ++ concatenated features."
     )
+
+    def parameter_sources(self) -> list[str]:
+        """The parts of this transform with trainable parameters."""
+        sources = []
+        if self.batch_norm_config is not None and self.batch_norm_config.affine:
+            sources.append("featurization batch norm")
+        if self.layer_norm_config is not None and self.layer_norm_config.center:
+            sources.append("featurization layer norm")
+        return sources
+
+
+# The continuous-feature transforms; each one answers parameter_sources() for itself.
+Transform = Log1pAbsConfig | ClipLog1pAbsConfig | ZScoreLogConfig | DoubleNormLogConfig
 
 
 class FeaturizationConfig(BaseConfig):
@@ -246,6 +317,10 @@ class FeaturizationConfig(BaseConfig):
             )
         return names
 
+    def transform(self) -> tuple[str, Transform]:
+        """The chosen transform: its field name (the builder table's key) and its config."""
+        return _chosen_variant(self, "featurization")
+
 
 CONCATENABLE_FEATURES = frozenset({"binary", "discrete"})
 
@@ -271,6 +346,14 @@ class MultiTaskType(enum.StrEnum):
     SHARE_NONE = "share_none"  # each tower sees the input; no backbone
     SHARE_ALL = "share_all"  # towers see the backbone's output
     SHARE_PARTIAL = "share_partial"  # towers see input ++ backbone output
+
+
+class StratifierConfig(BaseConfig):
+    """A discrete column emitted with the outputs so metrics can be sliced by its value."""
+
+    name: str = Field(description="Name of the slice in metric names.")
+    index: pydantic.NonNegativeInt = Field(description="Column of the discrete features.")
+    value: int = Field(description="Value of that column selecting the slice.")
 
 
 class ModelConfig(BaseConfig):
@@ -343,10 +426,12 @@ class ModelConfig(BaseConfig):
     @pydantic.model_validator(mode="after")
     def _check_towers_end_in_a_logit(self) -> ModelConfig:
         for task, tower in self.tasks.items():
-            problem = _single_logit_problem(tower)
+            variant, architecture = tower.architecture()
+            problem = architecture.logit_problem()
             if problem is not None:
                 raise ConfigValueError(
-                    f"a tower must end in a single unit (its logit); {problem}", ("tasks", task)
+                    f"a tower must end in a single unit (its logit); {problem}",
+                    ("tasks", task, variant),
                 )
         return self
 
@@ -356,7 +441,7 @@ class ModelConfig(BaseConfig):
         # all of them must share one width; TwHIN embeddings are dense features in this model.
         networks: list[tuple[tuple[str, ...], TaskModel | None]] = [(("backbone",), self.backbone)]
         networks += [(("tasks", task), tower) for task, tower in self.tasks.items()]
-        vectors = embedding_vector_widths(self)
+        vectors = self.embedding_vector_widths()
         for where, network in networks:
             if network is None or network.dlrm_config is None:
                 continue
@@ -373,7 +458,7 @@ class ModelConfig(BaseConfig):
                     "small_embeddings or position_debias_config",
                     (*where, "dlrm_config"),
                 )
-            width = network.dlrm_config.bottom_mlp.layer_sizes[-1]
+            width = network.dlrm_config.vector_width
             mismatched = {name: dim for name, dim in vectors.items() if dim != width}
             if mismatched:
                 raise ConfigValueError(
@@ -383,77 +468,50 @@ class ModelConfig(BaseConfig):
                 )
         return self
 
+    def embedding_vector_widths(self) -> dict[str, int]:
+        """Width of each learned embedding vector of the input, by name, in input order.
 
-def embedding_vector_widths(config: ModelConfig) -> dict[str, int]:
-    """Width of each learned embedding vector of the input, by name, in input order.
+        These are what DLRM interacts: small tables, large tables, then the position embedding.
+        """
+        widths: dict[str, int] = {}
+        for table in self.small_embeddings.tables if self.small_embeddings else []:
+            widths[table.name] = table.embedding_dim
+        for table in self.large_embeddings.tables if self.large_embeddings else []:
+            widths[table.name] = table.embedding_dim
+        if self.position_debias_config is not None:
+            widths["position_debias"] = self.position_debias_config.num_dims
+        return widths
 
-    These are what DLRM interacts: small tables, large tables, then the position embedding.
-    """
-    widths: dict[str, int] = {}
-    for table in config.small_embeddings.tables if config.small_embeddings else []:
-        widths[table.name] = table.embedding_dim
-    for table in config.large_embeddings.tables if config.large_embeddings else []:
-        widths[table.name] = table.embedding_dim
-    if config.position_debias_config is not None:
-        widths["position_debias"] = config.position_debias_config.num_dims
-    return widths
+    def shared_parameter_sources(self, data_features: Iterable[str]) -> list[str]:
+        """What gives the model trainable parameters outside the towers (the backbone group).
 
-
-def _single_logit_problem(tower: TaskModel) -> str | None:
-    """Why a tower's output is not one unit wide, or None when it is."""
-    if tower.mlp_config is not None:
-        last = tower.mlp_config.layer_sizes[-1]
-        return None if last == 1 else f"mlp_config.layer_sizes ends in {last}"
-    if tower.dlrm_config is not None:
-        last = tower.dlrm_config.top_mlp.layer_sizes[-1]
-        return None if last == 1 else f"dlrm_config.top_mlp.layer_sizes ends in {last}"
-    if tower.mask_net_config is not None:
-        mask_net = tower.mask_net_config
-        if mask_net.mlp is not None:
-            last = mask_net.mlp.layer_sizes[-1]
-            return None if last == 1 else f"mask_net_config.mlp.layer_sizes ends in {last}"
-        # A block's LayerNorm over a single unit outputs a constant, so the logit needs the MLP.
-        return "a MaskNet tower needs an mlp ending in 1 (its blocks end in a LayerNorm)"
-    dcn = tower.dcn_config
-    assert dcn is not None  # the architecture one-of group guarantees a variant
-    if dcn.output_mlp is not None:
-        last = dcn.output_mlp.layer_sizes[-1]
-        return None if last == 1 else f"dcn_config.output_mlp.layer_sizes ends in {last}"
-    if dcn.parallel_mlp is not None and not dcn.use_parallel:
-        last = dcn.parallel_mlp.layer_sizes[-1]
-        return None if last == 1 else f"dcn_config.parallel_mlp.layer_sizes ends in {last}"
-    return "a DCN tower's cross network is as wide as its input; add an output_mlp ending in 1"
-
-
-def shared_parameter_sources(config: ModelConfig, renamed_features: Iterable[str]) -> list[str]:
-    """What gives the model trainable parameters outside the towers (the backbone group).
-
-    Args:
-        config: The model.
-        renamed_features: The training data's renamed features (TwHIN LayerNorms exist for the
-            embeddings among them).
-    """
-    sources = []
-    if config.backbone is not None:
-        sources.append("backbone")
-    featurization = config.featurization_config
-    double_norm = featurization.double_norm_log_config if featurization else None
-    if double_norm is not None:
-        if double_norm.batch_norm_config is not None and double_norm.batch_norm_config.affine:
-            sources.append("featurization batch norm")
-        if double_norm.layer_norm_config is not None and double_norm.layer_norm_config.center:
-            sources.append("featurization layer norm")
-    z_score = featurization.z_score_log_config if featurization else None
-    if z_score is not None and z_score.use_batch_norm:
-        sources.append("featurization batch norm")
-    sources.extend(f"{name} layer norm" for name in TWHIN_EMBEDDINGS if name in renamed_features)
-    if config.small_embeddings is not None:
-        sources.append("small embeddings")
-    if config.position_debias_config is not None:
-        sources.append("position debias")
-    return sources
+        Args:
+            data_features: The dense features the training data provides, by name (TwHIN
+                LayerNorms exist for the embeddings among them).
+        """
+        sources = ["backbone"] if self.backbone is not None else []
+        if self.featurization_config is not None:
+            _, transform = self.featurization_config.transform()
+            sources.extend(transform.parameter_sources())
+        provided = set(data_features)
+        sources.extend(f"{name} layer norm" for name in TWHIN_EMBEDDINGS if name in provided)
+        if self.small_embeddings is not None:
+            sources.append("small embeddings")
+        if self.position_debias_config is not None:
+            sources.append("position debias")
+        return sources
 
 
 def module_key(task: str) -> str:
     """The module name of a task's tower: its name with "." replaced by "__"."""
     return task.replace(".", "__")
+
+
+def _chosen_variant(config: BaseConfig, group: str) -> tuple[str, Any]:
+    # The one-of validator guarantees a variant on a validated config; a config made without
+    # validation (model_construct) gets a clear error instead of a None deep in a builder.
+    name = config.chosen(group)
+    if name is None:
+        choices = config._field_groups.get("one_of", {}).get(group, [])
+        raise ConfigValueError(f"no {group} is set; set one of {choices}")
+    return name, getattr(config, name)

@@ -4,7 +4,6 @@ sparse ids, and the LayerNorms of the precomputed TwHIN embeddings."""
 from __future__ import annotations
 
 import math
-import re
 
 import torch
 import torch.distributed.checkpoint as dcp
@@ -13,18 +12,12 @@ from torch import nn
 from torchrec.modules.embedding_configs import PoolingType
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
-from projects.home.recap.embedding.config import LargeEmbeddingsConfig, SmallEmbeddingsConfig
+from projects.home.recap.embedding.config import (
+    EmbeddingBagConfig,
+    LargeEmbeddingsConfig,
+    SmallEmbeddingsConfig,
+)
 from projects.home.recap.model.errors import ModelInputError
-
-# Where the EmbeddingBagCollection sits below the module that owns it; sharding, the optimizer and
-# checkpoints find large-embedding weights by this path.
-_LARGE_EMBEDDING_PARAMETER = re.compile(r"(^|\.)large_embeddings\.ebc\.")
-
-
-def is_large_embedding_parameter(name: str) -> bool:
-    """Whether a parameter (or state-dict key) of the model, wrapped or not, is a large-table
-    weight, i.e. lies under ``large_embeddings.ebc``."""
-    return _LARGE_EMBEDDING_PARAMETER.search(name) is not None
 
 
 def init_embedding_(weight: torch.Tensor) -> None:
@@ -74,6 +67,7 @@ class LargeEmbeddings(nn.Module):
     ``[0, num_embeddings)`` (the data loader maps raw ids through ``vocab`` or by hashing).
 
     Attributes:
+        tables: Each table's config, in config order.
         table_names: Table names in config order, the order of the output columns.
         widths: Each table's width, in the same order.
         out_features: Sum of the widths.
@@ -92,6 +86,7 @@ class LargeEmbeddings(nn.Module):
             for table in config.tables
         ]
         self.ebc = torchrec.EmbeddingBagCollection(tables=tables, device=device)
+        self.tables: list[EmbeddingBagConfig] = list(config.tables)
         self.table_names = [table.name for table in config.tables]
         self.widths = [table.embedding_dim for table in config.tables]
         self.out_features = sum(self.widths)
@@ -103,9 +98,29 @@ class LargeEmbeddings(nn.Module):
         pooled = self.ebc(sparse_features).to_dict()
         return torch.cat([pooled[name] for name in self.table_names], dim=1)
 
+    def table_weights(self) -> dict[str, torch.Tensor]:
+        """Each table's whole weight as its state dict holds it, by table name, in config order.
+
+        Unsharded, a tensor sharing storage with the parameter; sharded by torchrec, a
+        ShardedTensor (or DTensor) whose local shards are this rank's rows. Loading into it
+        (``torch.distributed.checkpoint.load``) writes the table in place. Reads the state dict
+        because that is the one view torchrec keeps alike before and after sharding.
+        """
+        state = self.ebc.state_dict()
+        # torchrec names a table's weight "embedding_bags.<table>.weight", sharded or not.
+        return {name: state[f"embedding_bags.{name}.weight"] for name in self.table_names}
+
+    def table_parameters(self) -> list[torch.Tensor]:
+        """The tables' trainable parameters, as the (possibly sharded) collection reports them.
+
+        After sharding, the sharded collection's own ``named_parameters`` is what
+        DistributedModelParallel reports too, so these are the same objects the optimizer sees.
+        """
+        return [parameter for _, parameter in self.ebc.named_parameters()]
+
 
 class TwhinNorms(nn.Module):
-    """A LayerNorm per TwHIN embedding the data provides (named in ``renamed_features``)."""
+    """A LayerNorm per TwHIN embedding the input spec has a width for."""
 
     def __init__(self, widths: dict[str, int]):
         super().__init__()
@@ -125,35 +140,35 @@ class TwhinNorms(nn.Module):
         ]
 
 
-def load_pretrained_embeddings(model: nn.Module, config: LargeEmbeddingsConfig | None) -> list[str]:
+def load_pretrained_embeddings(large_embeddings: LargeEmbeddings | None) -> list[str]:
     """Loads every table with ``pretrained`` set from its torch.distributed.checkpoint directory.
 
-    Works on an unsharded model and, collectively (every rank calls it), on a sharded one:
-    the checkpoint's tensor is resharded into whatever shards this rank holds. Call it after the
+    Works on unsharded tables and, collectively (every rank calls it), on sharded ones: the
+    checkpoint's tensor is resharded into whatever shards this rank holds. Call it after the
     tables are materialised (sharded) and before restoring a training checkpoint, which wins.
 
     Args:
-        model: The ranking model, possibly wrapped (ModelAndLoss, DistributedModelParallel).
-        config: The model's large embeddings.
+        large_embeddings: The model's large tables (``MultiTaskRankingModel.large_embeddings``,
+            sharded in place once the model is), or None when it has none.
 
     Returns:
         Names of the tables loaded.
 
     Raises:
-        ValueError: the snapshot lacks ``emb_name``, or its shape differs from the table's.
+        ModelInputError: the snapshot lacks ``emb_name``, or its shape differs from the table's.
     """
-    tables = [table for table in (config.tables if config else []) if table.pretrained]
-    if not tables:
+    if large_embeddings is None:
         return []
-    state = model.state_dict()
+    pretrained = [
+        (table, table.pretrained)
+        for table in large_embeddings.tables
+        if table.pretrained is not None
+    ]
+    if not pretrained:
+        return []
+    weights = large_embeddings.table_weights()
     loaded = []
-    for table in tables:
-        suffix = f"large_embeddings.ebc.embedding_bags.{table.name}.weight"
-        keys = [key for key in state if key == suffix or key.endswith("." + suffix)]
-        if len(keys) != 1:
-            raise ModelInputError(f"the model has no single parameter '{suffix}' (found {keys})")
-        snapshot = table.pretrained
-        assert snapshot is not None
+    for table, snapshot in pretrained:
         metadata = dcp.FileSystemReader(snapshot.embedding_snapshot_uri).read_metadata()
         stored = metadata.state_dict_metadata.get(snapshot.emb_name)
         if stored is None or not hasattr(stored, "size"):
@@ -170,6 +185,8 @@ def load_pretrained_embeddings(model: nn.Module, config: LargeEmbeddingsConfig |
             )
         # dcp.load fills the (possibly sharded) state-dict tensor in place; it shares storage
         # with the table's weight.
-        dcp.load({snapshot.emb_name: state[keys[0]]}, checkpoint_id=snapshot.embedding_snapshot_uri)
+        dcp.load(
+            {snapshot.emb_name: weights[table.name]}, checkpoint_id=snapshot.embedding_snapshot_uri
+        )
         loaded.append(table.name)
     return loaded

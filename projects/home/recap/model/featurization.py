@@ -13,13 +13,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from torch import nn
 
-from projects.home.recap.data.batch import FeatureWidths
-from projects.home.recap.data.config import RecapDataConfig, TruncateAndSlice
-from projects.home.recap.data.preprocess import PreprocessError, TruncateAndSliceStep
+from projects.home.recap.inputs import ContinuousSource, DenseInputs, InputSpec
 from projects.home.recap.model.config import (
     ClipLog1pAbsConfig,
     DoubleNormLogConfig,
@@ -32,6 +29,8 @@ from projects.home.recap.model.errors import ModelInputError
 from projects.home.recap.model.norms import build_batch_norm, build_layer_norm
 
 Z_SCORE_KEYS = frozenset({"feature_name", "mean", "std", "count"})
+# The DenseInputs field of each name feature_names_to_concat may list.
+CONCATENATED_INPUTS = {"binary": "binary_features", "discrete": "discrete_features"}
 
 
 def signed_log1p(x: torch.Tensor) -> torch.Tensor:
@@ -116,39 +115,39 @@ class Featurization(nn.Module):
         self.layer_norm = layer_norm
         self.out_features = out_features
 
-    def forward(
-        self,
-        continuous_features: torch.Tensor,
-        binary_features: torch.Tensor,
-        discrete_features: torch.Tensor | None,
-    ) -> torch.Tensor:
+    def forward(self, inputs: DenseInputs) -> torch.Tensor:
         # Down-cast inputs (bfloat16, uint8, bool) are widened: log1p and the norms need fp32.
-        x = continuous_features.to(torch.float32)
+        x = inputs.continuous_features.to(torch.float32)
         x = self.transform(torch.nan_to_num(x, nan=0.0, posinf=0.0, neginf=0.0))
         parts = [x]
         for name in self.concat:
-            feature = binary_features if name == "binary" else discrete_features
-            assert feature is not None  # the ranking model checks presence with a clear error
+            feature = getattr(inputs, CONCATENATED_INPUTS[name])
+            if feature is None:
+                raise ModelInputError(f"featurization concatenates {name}, but the batch has none")
             parts.append(feature.to(torch.float32))
         x = torch.cat(parts, dim=1) if len(parts) > 1 else x
         return self.layer_norm(x) if self.layer_norm is not None else x
 
 
 def load_z_score_statistics(
-    config: ZScoreLogConfig, data_config: RecapDataConfig, width: int
+    config: ZScoreLogConfig, source: ContinuousSource | None, width: int
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Reads the mean and std of the columns the data keeps (format in docs/model.md).
 
     Args:
         config: The z_score_log featurization.
-        data_config: The data the model reads; names the continuous feature and its
-            truncate_and_slice step.
+        source: Where the data's continuous columns come from (the schema feature, its raw
+            width, the columns truncate_and_slice keeps).
         width: Continuous columns after preprocessing.
 
     Returns:
         ``(mean, std)``, each ``[width]``.
     """
     path = config.analysis_path
+    if source is None:
+        raise ModelInputError(
+            f"z_score_log ({path}) normalises the continuous features, but the data has none"
+        )
     try:
         stats = json.loads(Path(path).read_text())
     except (OSError, json.JSONDecodeError) as error:
@@ -160,11 +159,10 @@ def load_z_score_statistics(
     unknown = sorted(stats.keys() - Z_SCORE_KEYS)
     if unknown:
         raise ModelInputError(f"{path}: unknown keys {unknown}; allowed: {sorted(Z_SCORE_KEYS)}")
-    expected = data_config.seg_dense_schema.renamed_features.get("continuous")
-    if stats["feature_name"] != expected:
+    if stats["feature_name"] != source.feature:
         raise ModelInputError(
             f"{path} describes '{stats['feature_name']}' but the data's continuous feature is "
-            f"'{expected}'"
+            f"'{source.feature}'"
         )
     mean, std = stats["mean"], stats["std"]
     if not isinstance(mean, list) or not isinstance(std, list) or len(mean) != len(std):
@@ -174,26 +172,17 @@ def load_z_score_statistics(
             raise ModelInputError(
                 f"{path}: column {index} needs a finite mean and a finite std >= 0, got {m}, {s}"
             )
-    # The statistics cover the raw columns; keep those the data's truncate_and_slice keeps,
-    # selected by the loader's own step so the two cannot disagree.
-    steps = data_config.preprocess.truncate_and_slice if data_config.preprocess else None
-    columns = np.arange(len(mean))
-    if steps is not None:
-        # Only the continuous part of the step applies to these statistics.
-        continuous_only = TruncateAndSlice(
-            continuous_feature_truncation=steps.continuous_feature_truncation,
-            continuous_feature_mask_path=steps.continuous_feature_mask_path,
-        )
-        try:
-            selection = TruncateAndSliceStep(continuous_only, {"continuous": len(mean)}).selection(
-                "continuous"
-            )
-        except PreprocessError as error:
-            raise ModelInputError(f"{path} has {len(mean)} columns: {error}") from None
-        columns = columns if selection is None else selection
-    if columns.size != width:
+    # The statistics cover the raw columns of the schema feature; keep those the data's
+    # truncate_and_slice keeps, as the data stage reports them, so the two cannot disagree.
+    if len(mean) != source.raw_width:
         raise ModelInputError(
-            f"{path} has {len(mean)} columns, of which the data config keeps {columns.size}, but "
+            f"{path} has {len(mean)} columns but the schema's '{source.feature}' has "
+            f"{source.raw_width}"
+        )
+    columns = list(range(source.raw_width)) if source.kept_columns is None else source.kept_columns
+    if len(columns) != width:
+        raise ModelInputError(
+            f"{path} has {len(mean)} columns, of which the data keeps {len(columns)}, but "
             f"the continuous features have {width} columns"
         )
     index = torch.as_tensor(columns, dtype=torch.long)
@@ -210,29 +199,25 @@ def _is_finite_number(value: Any) -> bool:
 _Transform = tuple[nn.Module, LayerNormConfig | None]
 
 
-def _build_log1p_abs(config: Log1pAbsConfig, width: int, data: RecapDataConfig) -> _Transform:
+def _build_log1p_abs(config: Log1pAbsConfig, spec: InputSpec) -> _Transform:
     return Log1pAbs(), None
 
 
-def _build_clip_log1p_abs(
-    config: ClipLog1pAbsConfig, width: int, data: RecapDataConfig
-) -> _Transform:
+def _build_clip_log1p_abs(config: ClipLog1pAbsConfig, spec: InputSpec) -> _Transform:
     return Log1pAbs(config.clip_magnitude), None
 
 
-def _build_z_score_log(config: ZScoreLogConfig, width: int, data: RecapDataConfig) -> _Transform:
-    mean, std = load_z_score_statistics(config, data, width)
+def _build_z_score_log(config: ZScoreLogConfig, spec: InputSpec) -> _Transform:
+    mean, std = load_z_score_statistics(config, spec.continuous_source, spec.widths.continuous)
     return ZScoreLog(mean, std, config.clip_magnitude, config.use_batch_norm), None
 
 
-def _build_double_norm_log(
-    config: DoubleNormLogConfig, width: int, data: RecapDataConfig
-) -> _Transform:
-    return DoubleNormLog(width, config), config.layer_norm_config
+def _build_double_norm_log(config: DoubleNormLogConfig, spec: InputSpec) -> _Transform:
+    return DoubleNormLog(spec.widths.continuous, config), config.layer_norm_config
 
 
 # Keyed by the FeaturizationConfig field of the "featurization" one-of group.
-FEATURIZATIONS: dict[str, Callable[[Any, int, RecapDataConfig], _Transform]] = {
+FEATURIZATIONS: dict[str, Callable[[Any, InputSpec], _Transform]] = {
     "log1p_abs_config": _build_log1p_abs,
     "clip_log1p_abs_config": _build_clip_log1p_abs,
     "z_score_log_config": _build_z_score_log,
@@ -240,26 +225,31 @@ FEATURIZATIONS: dict[str, Callable[[Any, int, RecapDataConfig], _Transform]] = {
 }
 
 
-def build_featurization(
-    config: FeaturizationConfig | None, widths: FeatureWidths, data_config: RecapDataConfig
-) -> Featurization:
+def build_featurization(config: FeaturizationConfig | None, spec: InputSpec) -> Featurization:
     """Builds the featurization; ``None`` cleans the continuous values and appends binary.
 
     Args:
         config: The featurization config, or None.
-        widths: Input widths after preprocessing.
-        data_config: The data the model reads (z_score_log needs its schema and preprocessing).
+        spec: The model's input (widths; z_score_log also needs the continuous source).
+
+    Raises:
+        ModelInputError: the chosen transform has no builder in :data:`FEATURIZATIONS`, or
+            its statistics do not fit the input.
     """
+    widths = spec.widths
     if config is None:
         transform: nn.Module = nn.Identity()
         layer_norm_config = None
         concat = ["binary"]
     else:
-        variant = config.chosen("featurization")
-        assert variant is not None  # the one-of group guarantees a variant
-        transform, layer_norm_config = FEATURIZATIONS[variant](
-            getattr(config, variant), widths.continuous, data_config
-        )
+        variant, transform_config = config.transform()
+        builder = FEATURIZATIONS.get(variant)
+        if builder is None:
+            raise ModelInputError(
+                f"featurization '{variant}' has no builder; add it to FEATURIZATIONS in "
+                f"{__name__} (known: {sorted(FEATURIZATIONS)})"
+            )
+        transform, layer_norm_config = builder(transform_config, spec)
         concat = config.feature_names_to_concat
     concat_widths = {"binary": widths.binary, "discrete": widths.discrete}
     out_features = widths.continuous + sum(concat_widths[name] for name in concat)

@@ -7,12 +7,15 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from projects.home.recap.data.batch import FeatureWidths, RecapBatch
-from projects.home.recap.data.config import RecapDataConfig
-from projects.home.recap.embedding.config import StratifierConfig
-from projects.home.recap.model.config import ModelConfig
+from projects.home.recap.inputs import InputSpec, RecapBatch
+from projects.home.recap.model.config import ModelConfig, StratifierConfig
+from projects.home.recap.model.embeddings import LargeEmbeddings
 from projects.home.recap.model.loss import MultiTaskLoss, build_loss
-from projects.home.recap.model.ranking_model import MultiTaskRankingModel, build_ranking_model
+from projects.home.recap.model.ranking_model import (
+    MultiTaskRankingModel,
+    ParameterGroups,
+    build_ranking_model,
+)
 
 
 class ModelAndLoss(nn.Module):
@@ -45,15 +48,7 @@ class ModelAndLoss(nn.Module):
         """The model's outputs for a batch, without the loss (labels may be absent)."""
         # Traced by torchrec's pipelines: batch.sparse_features must reach the EBC unchanged,
         # and the output dict is read by known keys (a traced dict cannot be iterated).
-        return self.model(
-            continuous_features=batch.continuous_features,
-            binary_features=batch.binary_features,
-            discrete_features=batch.discrete_features,
-            user_embedding=batch.user_embedding,
-            user_eng_embedding=batch.user_eng_embedding,
-            author_embedding=batch.author_embedding,
-            sparse_features=batch.sparse_features,
-        )
+        return self.model(batch.inputs, sparse_features=batch.sparse_features)
 
     def forward(self, batch: RecapBatch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         predictions = self.predict(batch)
@@ -64,14 +59,25 @@ class ModelAndLoss(nn.Module):
         outputs["loss"] = loss.detach()
         outputs["task_losses"] = task_losses.detach()
         if self.has_stratifiers:
-            outputs["stratifiers"] = batch.discrete_features[:, self.stratifier_columns].long()
+            outputs["stratifiers"] = batch.inputs.discrete_features[
+                :, self.stratifier_columns
+            ].long()
         return loss, outputs
+
+    def parameter_groups(self) -> ParameterGroups:
+        """The ranker's trainable parameters by owner (the loss has none); see
+        :meth:`MultiTaskRankingModel.parameter_groups`."""
+        return self.model.parameter_groups()
+
+    @property
+    def large_embeddings(self) -> LargeEmbeddings | None:
+        """The ranker's large tables (sharded in place once the model is), or None."""
+        return self.model.large_embeddings
 
 
 def build_model_and_loss(
     model_config: ModelConfig,
-    data_config: RecapDataConfig,
-    widths: FeatureWidths,
+    spec: InputSpec,
     *,
     large_embedding_device: torch.device = torch.device("meta"),  # noqa: B008 - immutable
     return_backbone: bool = False,
@@ -79,8 +85,7 @@ def build_model_and_loss(
     """:func:`build_ranking_model` wrapped with the config's loss and stratifiers."""
     model = build_ranking_model(
         model_config,
-        data_config,
-        widths,
+        spec,
         large_embedding_device=large_embedding_device,
         return_backbone=return_backbone,
     )

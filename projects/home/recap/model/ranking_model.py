@@ -14,6 +14,7 @@ output (share_all), or both concatenated (share_partial).
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import torch
@@ -21,8 +22,7 @@ from torch import nn
 from torch.fx._symbolic_trace import is_fx_symbolic_tracing
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
-from projects.home.recap.data.batch import TWHIN_EMBEDDINGS, FeatureWidths
-from projects.home.recap.data.config import RecapDataConfig
+from projects.home.recap.inputs import TWHIN_EMBEDDINGS, DenseInputs, InputSpec, InputWidths
 from projects.home.recap.model.architectures import build_task_network
 from projects.home.recap.model.calibration import NumericCalibration, calibration_log_ratios
 from projects.home.recap.model.config import ModelConfig, MultiTaskType, module_key
@@ -37,11 +37,31 @@ from projects.home.recap.model.tower import Tower
 PREDICTIONS = ("logits", "probabilities", "calibrated_probabilities")
 
 
+@dataclasses.dataclass(frozen=True)
+class ParameterGroups:
+    """The model's trainable parameters by the part that owns them, found by module, not name.
+
+    The optimizer gives each group its own learning rate; matching by object identity keeps a
+    task named like an internal module (``backbone``, ``dense``, ``towers``) in its own tower.
+
+    Attributes:
+        backbone: Every dense parameter outside the towers: featurization, small embeddings,
+            TwHIN LayerNorms, position debias and the backbone network.
+        towers: Each tower's parameters (network and affine map), by task name in model order.
+        large_tables: The large tables' parameters, as the (possibly sharded) collection
+            reports them.
+    """
+
+    backbone: list[torch.Tensor]
+    towers: dict[str, list[torch.Tensor]]
+    large_tables: list[torch.Tensor]
+
+
 class DenseRankingModel(nn.Module):
     """Everything but the large tables: featurization, small embeddings, TwHIN LayerNorms,
     position debias, backbone, towers, probabilities and calibration.
 
-    It takes plain tensors (the pooled large-embedding vectors among them), so it is what
+    It takes tensors (the pooled large-embedding vectors among them), so it is what
     ``torch.compile`` and ``torch.export`` see.
 
     Attributes:
@@ -50,21 +70,14 @@ class DenseRankingModel(nn.Module):
         return_backbone: Also output ``backbone``, the activations the towers read.
     """
 
-    def __init__(
-        self,
-        config: ModelConfig,
-        data_config: RecapDataConfig,
-        widths: FeatureWidths,
-        *,
-        return_backbone: bool = False,
-    ):
+    def __init__(self, config: ModelConfig, spec: InputSpec, *, return_backbone: bool = False):
         super().__init__()
         self.task_names = tuple(config.tasks)
-        self.widths = widths
+        self.widths = spec.widths
         self.return_backbone = return_backbone
-        _check_discrete_columns(config, widths)
+        _check_discrete_columns(config, spec.widths)
 
-        layout = self._build_input(config, data_config, widths)
+        layout = self._build_input(config, spec)
         self.in_features = layout.width
         self.multi_task_type = config.multi_task_type
         self.backbone = None
@@ -83,13 +96,14 @@ class DenseRankingModel(nn.Module):
                 for task, tower in config.tasks.items()
             }
         )
-        self.calibration = NumericCalibration(calibration_log_ratios(self.task_names, data_config))
+        self.calibration = NumericCalibration(
+            calibration_log_ratios(self.task_names, spec.task_sampling)
+        )
 
-    def _build_input(
-        self, config: ModelConfig, data_config: RecapDataConfig, widths: FeatureWidths
-    ) -> InputLayout:
+    def _build_input(self, config: ModelConfig, spec: InputSpec) -> InputLayout:
         """Builds the modules that assemble the input; returns its layout."""
-        self.featurization = build_featurization(config.featurization_config, widths, data_config)
+        widths = spec.widths
+        self.featurization = build_featurization(config.featurization_config, spec)
         width = self.featurization.out_features
         embedding_segments = []
 
@@ -108,15 +122,20 @@ class DenseRankingModel(nn.Module):
             embedding_segments.append((width, table_width))
             width += table_width
 
-        renamed = data_config.seg_dense_schema.renamed_features
-        twhin = [name for name in TWHIN_EMBEDDINGS if name in renamed]
-        absent = [name for name in twhin if name not in widths.embeddings]
-        if absent:
+        unknown = sorted(set(widths.embeddings) - set(TWHIN_EMBEDDINGS))
+        if unknown:
             raise ModelInputError(
-                f"renamed_features names {absent} but the feature widths have no such embedding "
-                f"(they have {sorted(widths.embeddings)})"
+                f"the input widths name embeddings {unknown}; the model reads only "
+                f"{list(TWHIN_EMBEDDINGS)}"
             )
-        self.twhin_norms = TwhinNorms({name: widths.embeddings[name] for name in twhin})
+        # In TWHIN_EMBEDDINGS order, whatever order the spec lists them in: it fixes the columns.
+        self.twhin_norms = TwhinNorms(
+            {
+                name: widths.embeddings[name]
+                for name in TWHIN_EMBEDDINGS
+                if name in widths.embeddings
+            }
+        )
         width += self.twhin_norms.out_features
 
         self.position_debias = None
@@ -125,56 +144,57 @@ class DenseRankingModel(nn.Module):
             embedding_segments.append((width, self.position_debias.out_features))
             width += self.position_debias.out_features
 
-        self.needs_discrete = (
+        self._reads = self._inputs_read(widths)
+        return InputLayout(width, tuple(embedding_segments))
+
+    def _inputs_read(self, widths: InputWidths) -> dict[str, tuple[int, str]]:
+        """Each DenseInputs field the forward reads: its width and why it is read."""
+        reads = {"continuous_features": (widths.continuous, "always")}
+        if "binary" in self.featurization.concat:
+            reads["binary_features"] = (widths.binary, "feature_names_to_concat")
+        if (
             self.small_embeddings is not None
             or self.position_debias is not None
             or "discrete" in self.featurization.concat
-        )
-        return InputLayout(width, tuple(embedding_segments))
+        ):
+            reads["discrete_features"] = (
+                widths.discrete,
+                "small_embeddings, position_debias_config or feature_names_to_concat",
+            )
+        for name in self.twhin_norms.norms:
+            reads[name] = (widths.embeddings[name], "the input spec has it")
+        return reads
 
     def forward(
-        self,
-        continuous_features: torch.Tensor,
-        binary_features: torch.Tensor,
-        discrete_features: torch.Tensor | None = None,
-        user_embedding: torch.Tensor | None = None,
-        user_eng_embedding: torch.Tensor | None = None,
-        author_embedding: torch.Tensor | None = None,
-        large_embeddings: torch.Tensor | None = None,
+        self, inputs: DenseInputs, large_embeddings: torch.Tensor | None = None
     ) -> dict[str, torch.Tensor]:
         """Scores a batch.
 
         Args:
-            continuous_features: ``[batch, widths.continuous]``.
-            binary_features: ``[batch, widths.binary]``.
-            discrete_features: ``[batch, widths.discrete]``; needed by small embeddings, position
-                debias and concatenation of ``discrete``.
-            user_embedding: ``[batch, width]`` when ``renamed_features`` names it; likewise
-                ``user_eng_embedding`` and ``author_embedding``.
+            inputs: The dense inputs, each ``[batch, width]`` as in ``widths``. Discrete
+                features are needed by small embeddings, position debias and concatenation of
+                ``discrete``; each TwHIN embedding of the spec is needed.
             large_embeddings: Pooled large-table vectors ``[batch, sum of table widths]``.
 
         Returns:
             ``logits``, ``probabilities``, ``calibrated_probabilities``: ``[batch, tasks]`` fp32;
             ``backbone`` too when ``return_backbone``.
         """
-        twhin = {
-            "user_embedding": user_embedding,
-            "user_eng_embedding": user_eng_embedding,
-            "author_embedding": author_embedding,
-        }
-        self._check_inputs(continuous_features, binary_features, discrete_features, twhin)
-        parts = [self.featurization(continuous_features, binary_features, discrete_features)]
+        self._check_inputs(inputs)
+        parts = [self.featurization(inputs)]
         if self.small_embeddings is not None:
-            parts.append(self.small_embeddings(discrete_features))
+            parts.append(self.small_embeddings(inputs.discrete_features))
         if self.large_embedding_widths:
             if large_embeddings is None:
                 raise ModelInputError(
                     "the model has large embedding tables but got no pooled vectors"
                 )
             parts.append(large_embeddings.to(torch.float32))
-        parts.extend(self.twhin_norms(twhin))
+        parts.extend(
+            self.twhin_norms({name: getattr(inputs, name) for name in self.twhin_norms.norms})
+        )
         if self.position_debias is not None:
-            parts.append(self.position_debias(discrete_features))
+            parts.append(self.position_debias(inputs.discrete_features))
         x = torch.cat(parts, dim=1)
 
         if self.backbone is None:
@@ -194,44 +214,21 @@ class DenseRankingModel(nn.Module):
             outputs["backbone"] = net
         return outputs
 
-    def _check_inputs(
-        self,
-        continuous: torch.Tensor,
-        binary: torch.Tensor,
-        discrete: torch.Tensor | None,
-        twhin: dict[str, torch.Tensor | None],
-    ) -> None:
-        # Shapes here are static (batch aside), so these checks cost nothing once compiled.
-        expected = {"continuous_features": self.widths.continuous}
-        given = {"continuous_features": continuous}
-        if "binary" in self.featurization.concat:
-            expected["binary_features"], given["binary_features"] = self.widths.binary, binary
-        if self.needs_discrete:
-            if discrete is None:
-                raise ModelInputError(
-                    "the model reads discrete_features (small_embeddings, position_debias_config "
-                    "or feature_names_to_concat) but the batch has none"
-                )
-            expected["discrete_features"], given["discrete_features"] = (
-                self.widths.discrete,
-                discrete,
-            )
-        for name in self.twhin_norms.norms:
-            tensor = twhin[name]
-            if tensor is None:
-                raise ModelInputError(
-                    f"renamed_features names '{name}', so the model reads it, but the batch has "
-                    "none"
-                )
-            expected[name], given[name] = self.widths.embeddings[name], tensor
+    def _check_inputs(self, inputs: DenseInputs) -> None:
+        # Which inputs are read is fixed at build time and shapes are static (batch aside), so
+        # these checks cost nothing once compiled.
+        for name, (_, why) in self._reads.items():
+            if getattr(inputs, name) is None:
+                raise ModelInputError(f"the model reads {name} ({why}) but the batch has none")
         if is_fx_symbolic_tracing():
             # torchrec's train pipelines trace the forward with symbolic shapes, which cannot
             # be compared; the real batches are checked when they run.
             return
-        for name, tensor in given.items():
-            if tensor.dim() != 2 or tensor.shape[1] != expected[name]:
+        for name, (width, _) in self._reads.items():
+            tensor = getattr(inputs, name)
+            if tensor.dim() != 2 or tensor.shape[1] != width:
                 raise ModelInputError(
-                    f"{name} should be [batch, {expected[name]}] as the model was built for, got "
+                    f"{name} should be [batch, {width}] as the model was built for, got "
                     f"{list(tensor.shape)}"
                 )
 
@@ -258,16 +255,9 @@ class MultiTaskRankingModel(nn.Module):
         return PREDICTIONS + (("backbone",) if self.dense.return_backbone else ())
 
     def forward(
-        self,
-        continuous_features: torch.Tensor,
-        binary_features: torch.Tensor,
-        discrete_features: torch.Tensor | None = None,
-        user_embedding: torch.Tensor | None = None,
-        user_eng_embedding: torch.Tensor | None = None,
-        author_embedding: torch.Tensor | None = None,
-        sparse_features: KeyedJaggedTensor | None = None,
+        self, inputs: DenseInputs, sparse_features: KeyedJaggedTensor | None = None
     ) -> dict[str, torch.Tensor]:
-        """Scores a batch; arguments as :meth:`DenseRankingModel.forward`, plus
+        """Scores a batch; ``inputs`` as in :meth:`DenseRankingModel.forward`,
         ``sparse_features``: the ids of every large table, keyed by table name."""
         pooled = None
         if self.large_embeddings is not None:
@@ -277,32 +267,38 @@ class MultiTaskRankingModel(nn.Module):
                     "but the batch has no sparse_features"
                 )
             pooled = self.large_embeddings(sparse_features)
-        return self.dense(
-            continuous_features,
-            binary_features,
-            discrete_features,
-            user_embedding,
-            user_eng_embedding,
-            author_embedding,
-            pooled,
+        return self.dense(inputs, pooled)
+
+    def parameter_groups(self) -> ParameterGroups:
+        """The trainable parameters by owner: backbone, each tower by task, large tables.
+
+        Call it on the model as it will be trained (after sharding replaced the tables'
+        collection): groups hold the parameter objects themselves.
+        """
+        towers = {
+            task: list(self.dense.towers[module_key(task)].parameters()) for task in self.task_names
+        }
+        in_towers = {id(parameter) for parameters in towers.values() for parameter in parameters}
+        backbone = [p for p in self.dense.parameters() if id(p) not in in_towers]
+        large_tables = (
+            self.large_embeddings.table_parameters() if self.large_embeddings is not None else []
         )
+        return ParameterGroups(backbone=backbone, towers=towers, large_tables=large_tables)
 
 
 def build_ranking_model(
     model_config: ModelConfig,
-    data_config: RecapDataConfig,
-    widths: FeatureWidths,
+    spec: InputSpec,
     *,
     large_embedding_device: torch.device = torch.device("meta"),  # noqa: B008 - immutable
     return_backbone: bool = False,
 ) -> MultiTaskRankingModel:
-    """Builds the ranker for inputs of the given widths.
+    """Builds the ranker for the input the data stage describes.
 
     Args:
         model_config: The model.
-        data_config: The data it trains on: TwHIN embeddings present (``renamed_features``),
-            sampling rates for calibration, preprocessing (for z-score statistics).
-        widths: Input widths after preprocessing.
+        spec: Its input: widths after preprocessing (TwHIN embeddings among them), sampling
+            rates for calibration, the continuous columns' origin (for z-score statistics).
         large_embedding_device: Where the large tables are built. ``meta`` (default) leaves
             them for sharding to place and materialise; a real device materialises them here.
         return_backbone: Also output the activations the towers read, as ``backbone``.
@@ -315,7 +311,7 @@ def build_ranking_model(
         if model_config.large_embeddings is not None
         else None
     )
-    dense = DenseRankingModel(model_config, data_config, widths, return_backbone=return_backbone)
+    dense = DenseRankingModel(model_config, spec, return_backbone=return_backbone)
     return MultiTaskRankingModel(dense, large)
 
 
@@ -336,7 +332,7 @@ def compile_dense(model: MultiTaskRankingModel, **options: Any) -> MultiTaskRank
     return model
 
 
-def _check_discrete_columns(config: ModelConfig, widths: FeatureWidths) -> None:
+def _check_discrete_columns(config: ModelConfig, widths: InputWidths) -> None:
     readers: list[tuple[str, int]] = []
     if config.small_embeddings is not None:
         readers += [(f"small table '{t.name}'", t.index) for t in config.small_embeddings.tables]

@@ -1,11 +1,12 @@
 """The ranker's optimizer: one Adam per parameter group, each at its own schedule.
 
-Groups: one per tower (parameters whose name contains ``.<task with "." as "__">.``), the
-backbone (every other dense parameter), and the large embedding tables. Tables whose compute
-kernel is fused are updated inside the backward pass by torchrec's fused SGD (the sharded
-model's ``fused_optimizer``); tables on the dense kernel (gradient accumulation needs it) get a
-plain SGD group. Everything is combined into one torchrec ``CombinedOptimizer``, and a scheduler
-sets each group's rate every step.
+Groups come from the model (:class:`ParameterGroups`, by module ownership): one per tower, the
+backbone (every other dense parameter), and the large embedding tables. Parameters are matched to
+groups by identity, never by name, so no task name can move a parameter between groups. Tables
+whose compute kernel is fused are updated inside the backward pass by torchrec's fused SGD (the
+sharded model's ``fused_optimizer``); tables on the dense kernel (gradient accumulation needs it)
+get a plain SGD group. Everything is combined into one torchrec ``CombinedOptimizer``, and a
+scheduler sets each group's rate every step.
 
 torchrec divides the gradients of sharded tables by the world size on their way back (as data
 parallelism averages dense gradients), so a configured rate means the same on any number of
@@ -22,7 +23,7 @@ from torch.distributed._shard.sharded_tensor import ShardedTensor
 from torchrec.optim.keyed import CombinedOptimizer, KeyedOptimizer, KeyedOptimizerWrapper
 
 from projects.home.recap.embedding.config import LargeEmbeddingsConfig
-from projects.home.recap.model.config import module_key
+from projects.home.recap.model.ranking_model import ParameterGroups
 from projects.home.recap.optimizer.config import RecapAdamConfig, RecapOptimizerConfig
 from tml.core.errors import UserInputError
 from tml.optimizers.config import LearningRate
@@ -42,83 +43,92 @@ class OptimizerBuildError(UserInputError):
     """The model's parameters and the optimizer config do not fit together."""
 
 
+def tower_group(task: str) -> str:
+    """The optimizer group (and scheduler key) of a task's tower."""
+    return f"{TOWER_PREFIX}{task}"
+
+
 def group_parameters(
     named_parameters: Mapping[str, torch.Tensor],
-    tasks: list[str],
+    owners: ParameterGroups,
     *,
-    is_large_embedding: Callable[[str], bool],
     fused: frozenset[str] = frozenset(),
     single_group: bool = False,
 ) -> dict[str, dict[str, torch.Tensor]]:
-    """Splits parameters into named groups.
+    """Splits the trained parameters into named groups by which part of the model owns them.
 
     Args:
-        named_parameters: The model's trainable parameters by name.
-        tasks: The model's task names.
-        is_large_embedding: Whether a parameter name is a large (torchrec) table.
+        named_parameters: The parameters to train, by the name the optimizer state keeps
+            (``model.named_parameters()`` of the possibly wrapped model).
+        owners: The model's parameter groups (``parameter_groups()``), the same objects.
         fused: Names of parameters a fused optimizer already trains; left out.
         single_group: Put every dense parameter in one group ("dense").
 
     Raises:
-        OptimizerBuildError: a parameter matching two towers, or a tower with no parameters.
+        OptimizerBuildError: a parameter owned by no group or by two, or a tower with no
+            parameters.
     """
+    group_of: dict[int, str] = {}
+    declared = [(BACKBONE, owners.backbone), (LARGE_EMBEDDINGS, owners.large_tables)]
+    declared += [(tower_group(task), parameters) for task, parameters in owners.towers.items()]
+    for group, parameters in declared:
+        for parameter in parameters:
+            other = group_of.setdefault(id(parameter), group)
+            if other != group:
+                raise OptimizerBuildError(
+                    f"a parameter of shape {tuple(parameter.shape)} belongs to {other} and {group}"
+                )
+
     groups: dict[str, dict[str, torch.Tensor]] = {}
-    markers = {f"{TOWER_PREFIX}{task}": f".{module_key(task)}." for task in tasks}
     for name, parameter in named_parameters.items():
         if name in fused:
             continue
-        if is_large_embedding(name):
+        group = group_of.get(id(parameter))
+        if group is None:
+            raise OptimizerBuildError(
+                f"parameter {name} belongs to no parameter group of the model (backbone, a "
+                "tower or the large tables)"
+            )
+        if group == LARGE_EMBEDDINGS:
             # A sharded table placed on other ranks shows up here as an empty placeholder.
             if _local_numel(parameter) > 0:
                 groups.setdefault(LARGE_EMBEDDINGS, {})[name] = parameter
             continue
-        if single_group:
-            groups.setdefault(DENSE, {})[name] = parameter
-            continue
-        dotted = f".{name}"
-        towers = [group for group, marker in markers.items() if marker in dotted]
-        if len(towers) > 1:
-            raise OptimizerBuildError(f"parameter {name} belongs to two towers: {towers}")
-        groups.setdefault(towers[0] if towers else BACKBONE, {})[name] = parameter
+        groups.setdefault(DENSE if single_group else group, {})[name] = parameter
     if not single_group:
-        empty = [group for group in markers if group not in groups]
+        empty = [tower_group(task) for task in owners.towers if tower_group(task) not in groups]
         if empty:
-            raise OptimizerBuildError(
-                f"no parameter of the model belongs to {empty}; tower parameters must carry "
-                "'.<task with . replaced by __>.' in their names"
-            )
+            raise OptimizerBuildError(f"no trainable parameter of the model belongs to {empty}")
     return groups
 
 
 def build_optimizer(
     model: torch.nn.Module,
+    owners: ParameterGroups,
     config: RecapOptimizerConfig,
-    tasks: list[str],
     large_embeddings: LargeEmbeddingsConfig | None,
-    *,
-    is_large_embedding: Callable[[str], bool],
 ) -> tuple[KeyedOptimizer, LearningRateScheduler]:
     """The combined optimizer and its scheduler for a (possibly sharded) ranking model.
 
     Args:
-        model: The model to train; a torchrec DistributedModelParallel contributes its fused
-            embedding optimizer.
+        model: The model to train, as the training step calls it (a torchrec
+            DistributedModelParallel contributes its fused embedding optimizer); its
+            ``named_parameters`` name the optimizer state.
+        owners: The model's parameter groups, taken from the model as trained (after sharding:
+            ``dmp.module.parameter_groups()``); tower groups follow its task order.
         config: Adam constants and learning-rate schedules.
-        tasks: The model's task names, in order.
         large_embeddings: The large tables' config, for their schedule.
-        is_large_embedding: Whether a parameter name is a large (torchrec) table.
 
     Raises:
-        OptimizerBuildError: a group without a schedule, a parameter in two groups, a tower
-            learning rate for no tower.
+        OptimizerBuildError: a group without a schedule, a parameter in no group or two, a
+            tower learning rate for no tower.
     """
     fused_optimizer: KeyedOptimizer | None = getattr(model, "fused_optimizer", None)
     fused_names = frozenset(fused_optimizer.params) if fused_optimizer is not None else frozenset()
     named = {name: p for name, p in model.named_parameters() if p.requires_grad}
     groups = group_parameters(
         named,
-        tasks,
-        is_large_embedding=is_large_embedding,
+        owners,
         fused=fused_names,
         single_group=config.single_task_learning_rate is not None,
     )
@@ -156,9 +166,9 @@ def _group_schedules(
     else:
         rates = config.multi_task_learning_rates
         for task, rate in rates.tower_learning_rates.items():
-            if f"{TOWER_PREFIX}{task}" not in groups:
+            if tower_group(task) not in groups:
                 raise OptimizerBuildError(f"tower learning rate for '{task}', which has no tower")
-            schedules[f"{TOWER_PREFIX}{task}"] = build_schedule(rate)
+            schedules[tower_group(task)] = build_schedule(rate)
         if rates.backbone_learning_rate is not None:
             schedules[BACKBONE] = build_schedule(rates.backbone_learning_rate)
     if large_embeddings is not None:

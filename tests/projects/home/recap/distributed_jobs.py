@@ -14,12 +14,12 @@ from typing import Any
 import torch
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
+from projects.home.recap.build import build_whole_model, load_trained_model, model_input_spec
 from projects.home.recap.config import RecapConfig
-from projects.home.recap.data.batch import RecapBatch
-from projects.home.recap.data.features import feature_widths
-from projects.home.recap.export import load_unsharded_model
-from projects.home.recap.training import run_training
-from tml.checkpoint import checkpoint_folder
+from projects.home.recap.inputs import DenseInputs, RecapBatch
+from projects.home.recap.job_folder import JobFolder
+from projects.home.recap.train import build_trainer, run_training
+from tml.checkpoint import checkpoint_folder, is_complete
 from tml.core.config import apply_override
 from tml.distributed import distributed_environment
 from tml.observability.logging import setup_logging
@@ -100,7 +100,7 @@ def tiny_config(save_dir: Path, *overrides: str) -> RecapConfig:
 
 def example_rows(start: int, stop: int, config: RecapConfig) -> RecapBatch:
     """Rows ``start..stop`` of the job's endless example stream."""
-    widths = feature_widths(config.train_data)
+    widths = model_input_spec(config).widths
     rows = []
     for row in range(start, stop):
         generator = torch.Generator().manual_seed(1000 + row)
@@ -122,12 +122,14 @@ def example_rows(start: int, stop: int, config: RecapConfig) -> RecapBatch:
     ids = torch.tensor([[row["ids"][t] for row in rows] for t in range(len(TABLES))])
     tables = config.model.large_embeddings
     return RecapBatch(
-        continuous_features=torch.stack([row["continuous"] for row in rows]),
-        binary_features=torch.stack([row["binary"] for row in rows]),
-        discrete_features=torch.zeros(count, 0, dtype=torch.int64),
+        inputs=DenseInputs(
+            continuous_features=torch.stack([row["continuous"] for row in rows]),
+            binary_features=torch.stack([row["binary"] for row in rows]),
+            discrete_features=torch.zeros(count, 0, dtype=torch.int64),
+            user_embedding=torch.stack([row["user_embedding"] for row in rows]),
+        ),
         labels=torch.stack([row["labels"] for row in rows]),
         weights=torch.ones(count, len(TASKS)),
-        user_embedding=torch.stack([row["user_embedding"] for row in rows]),
         sparse_features=KeyedJaggedTensor.from_lengths_sync(
             keys=list(TABLES),
             values=ids.reshape(-1),
@@ -166,10 +168,36 @@ def train_job(config: RecapConfig) -> int:
     with distributed_environment("cpu") as environment:
         setup_logging(environment.rank)
         batches = FixedBatches(config, environment.rank, environment.world_size)
-        return run_training(config, environment, batches).step
+        return run_training(config, environment, batches)
 
 
 def full_parameters(config: RecapConfig, step: int) -> dict[str, torch.Tensor]:
     """The model's parameters (tables gathered) from the job's checkpoint at ``step``."""
-    folder = checkpoint_folder(Path(config.training.save_dir) / "checkpoints", step)
-    return dict(load_unsharded_model(config, folder).state_dict())
+    folder = checkpoint_folder(JobFolder(config.training.save_dir).checkpoints, step)
+    model = build_whole_model(config, model_input_spec(config))
+    return dict(load_trained_model(model, folder).state_dict())
+
+
+def fail_while_checkpointing(config: RecapConfig) -> dict[str, Any]:
+    """Builds the trainer, starts a checkpoint write, then fails inside the trainer's block.
+
+    Returns what a restart would find: whether the checkpoint is complete and whether the
+    metric loggers still accept records.
+    """
+    with distributed_environment("cpu") as environment:
+        setup_logging(environment.rank)
+        batches = FixedBatches(config, environment.rank, environment.world_size)
+        trainer = build_trainer(config, environment, batches)
+        try:
+            with trainer:
+                trainer.checkpoints.save(1, trainer.state_dict())
+                raise RuntimeError("a bad batch")
+        except RuntimeError:
+            pass
+        folder = checkpoint_folder(JobFolder(config.training.save_dir).checkpoints, 1)
+        try:
+            trainer.loggers.log(1, {"loss": 1.0})
+            loggers_open = True
+        except ValueError:  # writing to a closed file
+            loggers_open = False
+        return {"complete": is_complete(folder), "loggers_open": loggers_open}

@@ -14,9 +14,9 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from projects.home.recap.config import JobMode, RecapConfig
-from projects.home.recap.data.dataset import build_dataset
-from projects.home.recap.evaluation.follower import results_file
+from projects.home.recap.config import RecapConfig
+from projects.home.recap.data.dataset import ReadOptions, build_dataset
+from projects.home.recap.job_folder import JobFolder, MetricStream
 from projects.home.recap.model.servable import servable_inputs
 from tests.helpers.multiprocess import free_port
 from tml.checkpoint import checkpoint_folder, complete_steps
@@ -62,7 +62,7 @@ def generate(run_dir: Path) -> None:
     generator = [
         sys.executable,
         "-m",
-        "projects.home.recap.data.generate_random_data",
+        "projects.home.recap.tools.generate_random_data",
         "--config_path",
         str(CONFIG),
     ]
@@ -129,34 +129,32 @@ def job(tmp_path_factory) -> Path:
         evaluator.kill()
     assert evaluator.returncode == 0, output[-4000:]
     (run_dir / "evaluator.log").write_text(output)
+    # The installed command, writing to the job folder's default export path.
     run(
-        [
-            sys.executable,
-            "-m",
-            "projects.home.recap.export",
-            "--config_path",
-            str(CONFIG),
-            "--output",
-            str(run_dir / "ranker.pt2"),
-        ],
+        [str(Path(sys.executable).with_name("tml-recap-export")), "--config_path", str(CONFIG)],
         run_dir,
     )
     return run_dir
 
 
+def job_folder(run_dir: Path) -> JobFolder:
+    return JobFolder(config_for(run_dir).training.save_dir)
+
+
 def test_training_logs_every_interval_and_checkpoints(job):
-    train = records(job / "model" / "train.jsonl")
+    folder = job_folder(job)
+    train = records(folder.metrics_file(MetricStream.TRAIN))
     assert [r["step"] for r in train] == [2, 4, 6]
     assert all(r["loss"] > 0 for r in train)
     assert train[0]["examples_per_second"] == pytest.approx(
         2 * train[0]["examples_per_second_per_worker"]
     )
-    assert complete_steps(job / "model" / "checkpoints") == [3, 6]
-    assert list((job / "model" / "tensorboard" / "train").glob("events.out.tfevents.*"))
+    assert complete_steps(folder.checkpoints) == [3, 6]
+    assert list(folder.tensorboard_dir(MetricStream.TRAIN).glob("events.out.tfevents.*"))
 
 
 def test_partitions_evaluate_their_own_tasks(job):
-    evaluations = by_step(job / "model" / "eval.jsonl")
+    evaluations = by_step(job_folder(job).metrics_file(MetricStream.EVAL))
     assert list(evaluations) == [3, 6]
     last = evaluations[6]
     for task in TASKS:
@@ -176,12 +174,14 @@ def test_partitions_evaluate_their_own_tasks(job):
 def test_evaluator_followed_checkpoints_written_after_it_started(job):
     log = (job / "evaluator.log").read_text()
     assert "the final step 6 is evaluated: stopping" in log
+    folder = job_folder(job)
     for step in (3, 6):
-        folder = checkpoint_folder(job / "model" / "checkpoints", step)
+        checkpoint = checkpoint_folder(folder.checkpoints, step)
         for partition in ("all_tasks", "favorited_downsampled"):
-            assert json.loads(results_file(folder, partition).read_text())["step"] == step
-    followed = by_step(job / "model" / "evaluator.jsonl")
-    trained = by_step(job / "model" / "eval.jsonl")
+            results = folder.evaluation_results(checkpoint, partition)
+            assert json.loads(results.read_text())["step"] == step
+    followed = by_step(folder.metrics_file(MetricStream.EVALUATOR))
+    trained = by_step(folder.metrics_file(MetricStream.EVAL))
     assert list(followed) == [3, 6]
     key = "all_tasks/auroc/recap.engagement.is_favorited"
     assert followed[6][key] == pytest.approx(trained[6][key], abs=1e-9)
@@ -193,7 +193,10 @@ def test_evaluator_followed_checkpoints_written_after_it_started(job):
 
 
 def test_inference_writes_every_input_row_exactly_once(job):
-    files = sorted((job / "model" / "predictions" / "step_6").glob("*.parquet"))
+    folder = job_folder(job)
+    files = folder.predictions_files(
+        folder.predictions_dir(checkpoint_folder(folder.checkpoints, 6))
+    )
     assert [f.name for f in files] == ["predictions-0-of-2.parquet", "predictions-1-of-2.parquet"]
     predicted = pq.read_table(files)
     source = pq.read_table(
@@ -219,22 +222,25 @@ def test_inference_writes_every_input_row_exactly_once(job):
 
 
 def test_export_reproduces_the_trainers_predictions(job):
-    program = torch.export.load(str(job / "ranker.pt2")).module()
+    folder = job_folder(job)
+    step_6 = checkpoint_folder(folder.checkpoints, 6)
+    program = torch.export.load(str(folder.export_file(step_6))).module()
     config = config_for(job)
     tables = [table.name for table in config.model.large_embeddings.tables]
-    predicted = pq.read_table(sorted((job / "model" / "predictions" / "step_6").glob("*.parquet")))
+    predicted = pq.read_table(folder.predictions_files(folder.predictions_dir(step_6)))
     by_tweet = {
         tweet: row
         for tweet, row in zip(predicted["tweet_id"].to_pylist(), predicted.to_pylist(), strict=True)
     }
     dataset = build_dataset(
         config.validation_data["all_tasks"],
-        mode=JobMode.INFERENCE,
+        options=ReadOptions.inference(),
         tasks=list(config.model.tasks),
         large_embeddings=config.model.large_embeddings,
     )
     batch = next(iter(dataset))
-    outputs = program(**servable_inputs(batch, tables))
+    inputs, sparse_ids = servable_inputs(batch, tables)
+    outputs = program(inputs, sparse_ids)
     tweets = batch.extra_features["meta__tweet_id"].reshape(-1).tolist()
     for index, task in enumerate(config.model.tasks):
         trainer = torch.tensor([by_tweet[t][f"probability/{task}"] for t in tweets])
@@ -273,7 +279,7 @@ def test_two_torchrun_agents_train_as_one_job(tmp_path):
     ]
     outputs = [process.communicate(timeout=240)[0] for process in agents]
     assert [process.returncode for process in agents] == [0, 0], outputs[0][-3000:]
-    logged = records(tmp_path / "model" / "train.jsonl")
+    logged = records(job_folder(tmp_path).metrics_file(MetricStream.TRAIN))
     assert logged[-1]["step"] == 2
     assert logged[-1]["examples_per_second"] == pytest.approx(
         2 * logged[-1]["examples_per_second_per_worker"]

@@ -9,6 +9,7 @@ import torch
 from tests.helpers.multiprocess import run_on_ranks
 from tests.projects.home.recap.distributed_jobs import (
     TASKS,
+    fail_while_checkpointing,
     full_parameters,
     tiny_config,
     train_job,
@@ -194,3 +195,9 @@ def test_a_model_without_large_tables_trains_in_one_process(tmp_path):
     )
     assert run_on_ranks(train_job, 1, config, workdir=tmp_path) == [2]
     assert len(losses(tmp_path / "dense")) == 2
+
+
+def test_a_failure_inside_the_trainer_finishes_its_checkpoint_and_closes_its_loggers(tmp_path):
+    config = tiny_config(tmp_path / "failing")
+    [found] = run_on_ranks(fail_while_checkpointing, 1, config, workdir=tmp_path)
+    assert found == {"complete": True, "loggers_open": False}

@@ -1,4 +1,5 @@
 import itertools
+import os
 
 import numpy as np
 import pyarrow as pa
@@ -6,17 +7,24 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from projects.home.recap.config import JobMode
-from projects.home.recap.data.dataset import DatasetError, build_dataset
+from projects.home.recap.data.dataset import DatasetError, ReadOptions, build_dataset
 from projects.home.recap.data.embedding_ids import hash_ids
+from projects.home.recap.data.features import build_input_spec
 from projects.home.recap.data.files import FileSelectionError
-from projects.home.recap.data.parquet_format import DataFileError, SegDenseWriter
+from projects.home.recap.data.parquet_format import SegDenseWriter
+from projects.home.recap.data.reader import DataFileError
 from projects.home.recap.data.schema import load_schema
 from projects.home.recap.embedding.config import LargeEmbeddingsConfig
+from tml.training.data_position import PositionTrackingIterator
 
 from .conftest import rows_for
 
 TASKS = ["label.c", "label.a"]
+TRAIN, EVALUATE, INFERENCE = (
+    ReadOptions.training(),
+    ReadOptions.evaluation(),
+    ReadOptions.inference(),
+)
 
 
 def ids_of(batch):
@@ -36,17 +44,21 @@ def test_batch_contents_labels_by_name_and_weights(write_files, make_config):
             "label.c": {},
         }
     )
-    dataset = build_dataset(config, mode=JobMode.EVALUATE, tasks=TASKS)
+    dataset = build_dataset(config, options=EVALUATE, tasks=TASKS)
     batches = list(dataset)
     assert [batch.batch_size for batch in batches] == [4, 4, 4, 4, 1]
     for batch in batches:
         ids = np.array(ids_of(batch))
         expected = rows_for(ids)
-        torch.testing.assert_close(batch.continuous_features, torch.from_numpy(expected["cont"]))
-        assert batch.binary_features.tolist() == expected["bin"].tolist()
-        assert batch.discrete_features.tolist() == expected["disc"].tolist()
-        torch.testing.assert_close(batch.user_embedding, torch.from_numpy(expected["user.emb"]))
-        assert batch.user_eng_embedding is None and batch.author_embedding is None
+        torch.testing.assert_close(
+            batch.inputs.continuous_features, torch.from_numpy(expected["cont"])
+        )
+        assert batch.inputs.binary_features.tolist() == expected["bin"].tolist()
+        assert batch.inputs.discrete_features.tolist() == expected["disc"].tolist()
+        torch.testing.assert_close(
+            batch.inputs.user_embedding, torch.from_numpy(expected["user.emb"])
+        )
+        assert batch.inputs.user_eng_embedding is None and batch.inputs.author_embedding is None
         # Columns in model task order, matched by name: label.c then label.a.
         labels = np.stack([ids % 7 == 0, ids % 3 == 0], axis=1).astype(np.float32)
         assert batch.labels.tolist() == labels.tolist()
@@ -56,14 +68,14 @@ def test_batch_contents_labels_by_name_and_weights(write_files, make_config):
         assert batch.sparse_features is None
     assert sorted(itertools.chain.from_iterable(map(ids_of, batches))) == list(range(17))
     # Training stays in the sampled space (the model's calibration maps back): weights of 1.
-    training = next(iter(build_dataset(config, mode=JobMode.TRAIN, tasks=TASKS)))
+    training = next(iter(build_dataset(config, options=TRAIN, tasks=TASKS)))
     assert training.weights.tolist() == [[1.0, 1.0]] * 4
 
 
 def test_only_needed_columns_are_read(write_files, make_config):
     write_files([3])
     config = make_config(preprocess={"truncate_and_slice": {"continuous_feature_truncation": 4}})
-    dataset = build_dataset(config, mode=JobMode.TRAIN, tasks=["label.a"])
+    dataset = build_dataset(config, options=TRAIN, tasks=["label.a"])
     assert set(dataset.columns_read) == {
         "cont[0:5]",
         "bin[0:5]",
@@ -78,7 +90,7 @@ def test_only_needed_columns_are_read(write_files, make_config):
 
 def test_training_repeats_and_each_epoch_holds_every_example_once(write_files, make_config):
     write_files([10, 7])
-    dataset = build_dataset(make_config(), mode=JobMode.TRAIN, tasks=TASKS, seed=3)
+    dataset = build_dataset(make_config(), options=TRAIN, tasks=TASKS, seed=3)
     stream = list(itertools.chain.from_iterable(map(ids_of, take(dataset, 17))))
     assert all(len(ids_of(batch)) == 4 for batch in take(dataset, 3))
     for epoch in range(4):
@@ -91,7 +103,7 @@ def test_seed_fixes_the_order(write_files, make_config):
     orders = [
         [
             ids_of(batch)
-            for batch in build_dataset(make_config(), mode=JobMode.EVALUATE, tasks=TASKS, seed=seed)
+            for batch in build_dataset(make_config(), options=EVALUATE, tasks=TASKS, seed=seed)
         ]
         for seed in (1, 1, 2)
     ]
@@ -101,7 +113,7 @@ def test_seed_fixes_the_order(write_files, make_config):
 def test_without_example_shuffling_rows_stay_in_row_group_order(write_files, make_config):
     write_files([8, 8])
     config = make_config(examples_shuffle_buffer_size=0)
-    for batch in build_dataset(config, mode=JobMode.EVALUATE, tasks=TASKS):
+    for batch in build_dataset(config, options=EVALUATE, tasks=TASKS):
         ids = ids_of(batch)
         assert ids == list(range(ids[0], ids[0] + 4)) and ids[0] % 4 == 0
 
@@ -109,13 +121,13 @@ def test_without_example_shuffling_rows_stay_in_row_group_order(write_files, mak
 def test_inference_keeps_every_row_in_file_order_without_labels(write_files, make_config):
     write_files([10, 7])
     config = make_config(preprocess={"truncate_and_slice": {"continuous_feature_truncation": 3}})
-    batches = list(build_dataset(config, mode=JobMode.INFERENCE, tasks=TASKS))
+    batches = list(build_dataset(config, options=INFERENCE, tasks=TASKS))
     assert list(itertools.chain.from_iterable(map(ids_of, batches))) == list(range(17))
     assert batches[-1].batch_size == 1
     for batch in batches:
         assert batch.labels.shape == (batch.batch_size, 0)
         assert batch.weights.shape == (batch.batch_size, 0)
-        assert batch.continuous_features.shape == (batch.batch_size, 3)
+        assert batch.inputs.continuous_features.shape == (batch.batch_size, 3)
 
 
 @pytest.mark.parametrize("sizes", [[5, 6, 7], [17]], ids=["files", "row_groups"])
@@ -124,17 +136,17 @@ def test_two_ranks_read_disjoint_shares_covering_every_example(write_files, make
     config = make_config(global_batch_size=4)
     seen = []
     for rank in (0, 1):
-        dataset = build_dataset(config, mode=JobMode.EVALUATE, tasks=TASKS, rank=rank, world_size=2)
+        dataset = build_dataset(config, options=EVALUATE, tasks=TASKS, rank=rank, world_size=2)
         assert dataset.batch_size == 2
         seen.append(list(itertools.chain.from_iterable(map(ids_of, dataset))))
     for rank in (0, 1):
-        dataset = build_dataset(config, mode=JobMode.EVALUATE, tasks=TASKS, rank=rank, world_size=2)
+        dataset = build_dataset(config, options=EVALUATE, tasks=TASKS, rank=rank, world_size=2)
         assert dataset.batches_per_pass == len(list(dataset))
     assert not set(seen[0]) & set(seen[1])
     assert sorted(seen[0] + seen[1]) == list(range(sum(sizes)))
     # Training: each rank's stream covers its own share once per epoch.
     for rank in (0, 1):
-        dataset = build_dataset(config, mode=JobMode.TRAIN, tasks=TASKS, rank=rank, world_size=2)
+        dataset = build_dataset(config, options=TRAIN, tasks=TASKS, rank=rank, world_size=2)
         share = dataset.rows_per_epoch
         stream = list(itertools.chain.from_iterable(map(ids_of, take(dataset, share))))
         assert sorted(stream[:share]) == sorted(seen[rank])
@@ -145,9 +157,7 @@ def test_files_are_shared_out_balanced_by_rows(write_files, make_config):
     write_files([10, 1, 1, 1, 9], row_group_size=3)
     config = make_config(global_batch_size=4)
     rows = [
-        build_dataset(
-            config, mode=JobMode.TRAIN, tasks=TASKS, rank=rank, world_size=2
-        ).rows_per_epoch
+        build_dataset(config, options=TRAIN, tasks=TASKS, rank=rank, world_size=2).rows_per_epoch
         for rank in (0, 1)
     ]
     assert rows == [11, 11]
@@ -156,15 +166,13 @@ def test_files_are_shared_out_balanced_by_rows(write_files, make_config):
 def test_global_batch_must_divide_by_world_size(write_files, make_config):
     write_files([4])
     with pytest.raises(DatasetError, match=r"global_batch_size: 5 does not divide by the 2 ranks"):
-        build_dataset(
-            make_config(global_batch_size=5), mode=JobMode.TRAIN, tasks=TASKS, world_size=2
-        )
+        build_dataset(make_config(global_batch_size=5), options=TRAIN, tasks=TASKS, world_size=2)
 
 
 def test_too_few_row_groups_for_the_ranks_is_an_error(write_files, make_config):
     write_files([3], row_group_size=4)
     with pytest.raises(DatasetError, match=r"1 row groups in all cannot be shared among 2 ranks"):
-        build_dataset(make_config(), mode=JobMode.TRAIN, tasks=TASKS, rank=0, world_size=2)
+        build_dataset(make_config(), options=TRAIN, tasks=TASKS, rank=0, world_size=2)
 
 
 @pytest.mark.parametrize("consumed", [1, 3, 5, 9])
@@ -172,35 +180,38 @@ def test_resume_continues_with_the_next_unseen_batch(write_files, make_config, c
     write_files([10, 7, 6], row_group_size=3)
     config = make_config(examples_shuffle_buffer_size=5, file_batch_size=2)
     reference = [
-        ids_of(batch) for batch in take(build_dataset(config, mode=JobMode.TRAIN, tasks=TASKS), 14)
+        ids_of(batch) for batch in take(build_dataset(config, options=TRAIN, tasks=TASKS), 14)
     ]
-    first = build_dataset(config, mode=JobMode.TRAIN, tasks=TASKS)
+    first = build_dataset(config, options=TRAIN, tasks=TASKS)
     assert [ids_of(batch) for batch in take(first, consumed)] == reference[:consumed]
     state = first.state_dict()
-    resumed = build_dataset(config, mode=JobMode.TRAIN, tasks=TASKS)
+    resumed = build_dataset(config, options=TRAIN, tasks=TASKS)
     resumed.load_state_dict(state)
     assert [ids_of(batch) for batch in take(resumed, 14 - consumed)] == reference[consumed:]
 
 
-def test_state_with_pending_batches_points_before_them(write_files, make_config):
+def test_state_recorded_before_read_ahead_batches_resumes_before_them(write_files, make_config):
+    # A train pipeline holds batches it has not trained on yet; the trainer's position tracker
+    # records the state as each batch leaves the loader, so a checkpoint resumes before them.
     write_files([10, 7])
     config = make_config()
     reference = [
-        ids_of(batch) for batch in take(build_dataset(config, mode=JobMode.TRAIN, tasks=TASKS), 6)
+        ids_of(batch) for batch in take(build_dataset(config, options=TRAIN, tasks=TASKS), 6)
     ]
-    dataset = build_dataset(config, mode=JobMode.TRAIN, tasks=TASKS)
-    take(dataset, 4)
-    resumed = build_dataset(config, mode=JobMode.TRAIN, tasks=TASKS)
-    resumed.load_state_dict(dataset.state_dict(pending=2))
+    dataset = build_dataset(config, options=TRAIN, tasks=TASKS)
+    tracker = PositionTrackingIterator(dataset)
+    take(tracker, 4)
+    resumed = build_dataset(config, options=TRAIN, tasks=TASKS)
+    resumed.load_state_dict(tracker.position_after(2))
     assert [ids_of(batch) for batch in take(resumed, 4)] == reference[2:6]
 
 
 def test_evaluation_resumes_mid_pass_and_the_next_pass_starts_over(write_files, make_config):
     write_files([10, 7])
     config = make_config()
-    dataset = build_dataset(config, mode=JobMode.EVALUATE, tasks=TASKS)
+    dataset = build_dataset(config, options=EVALUATE, tasks=TASKS)
     head = [ids_of(batch) for batch in take(dataset, 2)]
-    resumed = build_dataset(config, mode=JobMode.EVALUATE, tasks=TASKS)
+    resumed = build_dataset(config, options=EVALUATE, tasks=TASKS)
     resumed.load_state_dict(dataset.state_dict())
     rest = [ids_of(batch) for batch in resumed]
     assert sorted(itertools.chain.from_iterable(head + rest)) == list(range(17))
@@ -210,9 +221,9 @@ def test_evaluation_resumes_mid_pass_and_the_next_pass_starts_over(write_files, 
 def test_state_from_another_share_is_refused(write_files, make_config):
     write_files([10, 7])
     state = build_dataset(
-        make_config(), mode=JobMode.TRAIN, tasks=TASKS, rank=0, world_size=2
+        make_config(), options=TRAIN, tasks=TASKS, rank=0, world_size=2
     ).state_dict()
-    other = build_dataset(make_config(), mode=JobMode.TRAIN, tasks=TASKS)
+    other = build_dataset(make_config(), options=TRAIN, tasks=TASKS)
     with pytest.raises(DatasetError, match=r"saved with world_size=2, this loader has 1"):
         other.load_state_dict(state)
 
@@ -223,21 +234,18 @@ def test_reader_and_batch_threads_do_not_change_the_batches(write_files, make_co
     for threads in (1, 3):
         config = make_config(interleave_num_parallel_calls=threads, map_num_parallel_calls=threads)
         orders.append(
-            [
-                ids_of(batch)
-                for batch in take(build_dataset(config, mode=JobMode.TRAIN, tasks=TASKS), 20)
-            ]
+            [ids_of(batch) for batch in take(build_dataset(config, options=TRAIN, tasks=TASKS), 20)]
         )
     assert orders[0] == orders[1]
 
 
 def test_cache_keeps_decoded_row_groups(write_files, make_config):
     write_files([10, 7])
-    plain = take(build_dataset(make_config(), mode=JobMode.TRAIN, tasks=TASKS), 10)
-    cached_dataset = build_dataset(make_config(cache=True), mode=JobMode.TRAIN, tasks=TASKS)
+    plain = take(build_dataset(make_config(), options=TRAIN, tasks=TASKS), 10)
+    cached_dataset = build_dataset(make_config(cache=True), options=TRAIN, tasks=TASKS)
     cached = take(cached_dataset, 10)
     assert list(map(ids_of, plain)) == list(map(ids_of, cached))
-    assert len(cached_dataset._cache) == 5
+    assert cached_dataset._reader.cached_row_groups == 5
 
 
 def test_large_embedding_ids_and_extra_features(write_files, make_config):
@@ -259,7 +267,7 @@ def test_large_embedding_ids_and_extra_features(write_files, make_config):
         },
     )
     batch = next(
-        iter(build_dataset(config, mode=JobMode.INFERENCE, tasks=TASKS, large_embeddings=tables))
+        iter(build_dataset(config, options=INFERENCE, tasks=TASKS, large_embeddings=tables))
     )
     ids = np.array(ids_of(batch))
     assert batch.sparse_features.keys() == ["meta__user_id"]
@@ -280,7 +288,7 @@ def test_large_table_needs_its_renamed_feature(write_files, make_config):
     with pytest.raises(
         ValueError, match=r"tables.meta__author_id: a table reads the renamed feature"
     ):
-        build_dataset(make_config(), mode=JobMode.TRAIN, tasks=TASKS, large_embeddings=tables)
+        build_dataset(make_config(), options=TRAIN, tasks=TASKS, large_embeddings=tables)
 
 
 @pytest.mark.parametrize(
@@ -303,7 +311,7 @@ def test_downcasts_that_would_corrupt_values_are_refused(
     )
     config = make_config(preprocess={"downcast": {"features": downcast}})
     with pytest.raises(ValueError, match=f"preprocess.downcast.features.*{message}"):
-        build_dataset(config, mode=JobMode.TRAIN, tasks=TASKS, large_embeddings=tables)
+        build_dataset(config, options=TRAIN, tasks=TASKS, large_embeddings=tables)
 
 
 def test_downsample_and_rectify_in_the_loader(write_files, make_config):
@@ -326,9 +334,9 @@ def test_downsample_and_rectify_in_the_loader(write_files, make_config):
             },
         },
     )
-    batches = list(build_dataset(config, mode=JobMode.INFERENCE, tasks=TASKS))
+    batches = list(build_dataset(config, options=INFERENCE, tasks=TASKS))
     assert [batch.batch_size for batch in batches] == [4] * 4  # no downsampling at inference
-    batches = list(build_dataset(config, mode=JobMode.EVALUATE, tasks=TASKS))
+    batches = list(build_dataset(config, options=EVALUATE, tasks=TASKS))
     assert [batch.batch_size for batch in batches] == [4, 4]
     # Each batch reads one row group of 8 rows in order; positives on label.a come first.
     first, second = sorted(batches, key=lambda batch: min(ids_of(batch)))
@@ -349,15 +357,15 @@ def test_nan_and_inf_pass_through_the_loader(tmp_path, make_config, schema_path)
     values["cont"][2, 3] = np.inf
     with SegDenseWriter(str(tmp_path / "data" / "x.parquet"), load_schema(schema_path)) as writer:
         writer.write(values)
-    batch = next(iter(build_dataset(make_config(), mode=JobMode.INFERENCE, tasks=TASKS)))
-    assert torch.isnan(batch.continuous_features[1, 2]) and torch.isinf(
-        batch.continuous_features[2, 3]
+    batch = next(iter(build_dataset(make_config(), options=INFERENCE, tasks=TASKS)))
+    assert torch.isnan(batch.inputs.continuous_features[1, 2]) and torch.isinf(
+        batch.inputs.continuous_features[2, 3]
     )
 
 
 def test_no_matching_files_names_the_pattern(make_config):
     with pytest.raises(FileSelectionError, match=r"no file matches the glob '.*\*\.parquet'"):
-        build_dataset(make_config(), mode=JobMode.TRAIN, tasks=TASKS)
+        build_dataset(make_config(), options=TRAIN, tasks=TASKS)
 
 
 def _plain_copy(source, target, drop=None, replace=None):
@@ -377,7 +385,7 @@ def test_file_missing_a_column_is_named(write_files, make_config, tmp_path):
     with pytest.raises(
         DataFileError, match=r"bad\.parquet: column 'disc' \(feature 'disc'\) is missing"
     ):
-        build_dataset(make_config(), mode=JobMode.TRAIN, tasks=TASKS)
+        build_dataset(make_config(), options=TRAIN, tasks=TASKS)
 
 
 def test_file_with_a_wrong_length_is_named(write_files, make_config, tmp_path):
@@ -385,7 +393,7 @@ def test_file_with_a_wrong_length_is_named(write_files, make_config, tmp_path):
     (tmp_path / "data").mkdir()
     short = pa.array([[1, 2, 3], [4, 5, 6]], pa.list_(pa.int64()))
     _plain_copy(path, tmp_path / "data" / "bad.parquet", replace=("disc", short))
-    dataset = build_dataset(make_config(), mode=JobMode.EVALUATE, tasks=TASKS)
+    dataset = build_dataset(make_config(), options=EVALUATE, tasks=TASKS)
     with pytest.raises(
         DataFileError, match=r"bad\.parquet: column 'disc': row 0 .* holds 3 values, expected 4"
     ):
@@ -396,10 +404,8 @@ def test_unreadable_file_fails_or_is_skipped_and_counted(write_files, make_confi
     write_files([5, 6])
     (tmp_path / "data" / "part-00002.parquet").write_bytes(b"garbage")
     with pytest.raises(DataFileError, match=r"cannot read Parquet file .*part-00002\.parquet"):
-        build_dataset(make_config(), mode=JobMode.TRAIN, tasks=TASKS)
-    dataset = build_dataset(
-        make_config(ignore_data_errors=True), mode=JobMode.EVALUATE, tasks=TASKS
-    )
+        build_dataset(make_config(), options=TRAIN, tasks=TASKS)
+    dataset = build_dataset(make_config(ignore_data_errors=True), options=EVALUATE, tasks=TASKS)
     assert len(dataset.skipped_files) == 1 and dataset.skipped_files[0].endswith(
         "part-00002.parquet"
     )
@@ -414,8 +420,22 @@ def test_row_group_failing_at_read_time_is_skipped_when_ignoring_errors(
     # Same footer, rows of the wrong length: fails only when its row group is decoded.
     short = pa.array([[1, 2, 3]] * 4, pa.list_(pa.int64()))
     _plain_copy(path, tmp_path / "data" / "part-00009.parquet", replace=("disc", short))
-    dataset = build_dataset(
-        make_config(ignore_data_errors=True), mode=JobMode.EVALUATE, tasks=TASKS
-    )
+    dataset = build_dataset(make_config(ignore_data_errors=True), options=EVALUATE, tasks=TASKS)
     assert sorted(itertools.chain.from_iterable(map(ids_of, dataset))) == [0, 1, 2]
     assert dataset.skipped_row_groups == 1
+
+
+def test_input_spec_comes_from_the_plan_without_reading_the_schema_again(
+    write_files, make_config, schema_path
+):
+    write_files([4])
+    config = make_config()
+    dataset = build_dataset(config, options=TRAIN, tasks=TASKS)
+    expected = build_input_spec(config, TASKS)
+    os.remove(schema_path)
+    assert dataset.input_spec == expected
+
+
+def test_weighing_by_sampling_rates_needs_labels():
+    with pytest.raises(ValueError, match="weigh_by_sampling_rates needs with_labels"):
+        ReadOptions(shuffle=False, repeat=False, with_labels=False, weigh_by_sampling_rates=True)

@@ -8,13 +8,12 @@ import pytest
 
 from projects.home.recap.data.parquet_format import (
     METADATA_KEY,
-    DataFile,
-    DataFileError,
-    FeatureRead,
+    ParquetDataFile,
     SegDenseWriter,
     WriteOptions,
     plan_layout,
 )
+from projects.home.recap.data.reader import DataFileError, FeatureRead
 from projects.home.recap.data.schema import FeatureDtype, FeatureSpec, load_schema, parse_schema
 
 from .conftest import rows_for
@@ -55,7 +54,7 @@ def test_read_selects_columns_across_chunks(write_files, schema_path):
     (path,) = write_files([6], row_group_size=4, chunk_size=5)
     schema = load_schema(schema_path)
     keep = np.array([1, 2, 6, 11])
-    data_file = DataFile(
+    data_file = ParquetDataFile(
         path,
         schema,
         [
@@ -78,7 +77,9 @@ def test_read_selects_columns_across_chunks(write_files, schema_path):
 def test_truncated_read_skips_the_chunks_it_does_not_need(write_files, schema_path):
     (path,) = write_files([3], chunk_size=5)
     schema = load_schema(schema_path)
-    data_file = DataFile(path, schema, [FeatureRead(schema.get("cont", where="t"), np.arange(4))])
+    data_file = ParquetDataFile(
+        path, schema, [FeatureRead(schema.get("cont", where="t"), np.arange(4))]
+    )
     assert data_file.columns == ["cont[0:5]"]
 
 
@@ -103,7 +104,7 @@ def test_plain_files_without_metadata_are_read_by_feature_name(tmp_path):
         path = _plain_file(
             str(tmp_path / "p.parquet"), {"x": column, "y": pa.array([1, 2], pa.int32())}
         )
-        data_file = DataFile(
+        data_file = ParquetDataFile(
             path, SCHEMA, [FeatureRead(SPEC), FeatureRead(SCHEMA.get("y", where="t"))]
         )
         result = data_file.read(0)
@@ -115,7 +116,7 @@ def test_plain_files_without_metadata_are_read_by_feature_name(tmp_path):
 def test_missing_column_names_file_and_column(tmp_path):
     path = _plain_file(str(tmp_path / "p.parquet"), {"y": pa.array([1])})
     with pytest.raises(DataFileError, match=r"p\.parquet: column 'x' \(feature 'x'\) is missing"):
-        DataFile(path, SCHEMA, [FeatureRead(SPEC)])
+        ParquetDataFile(path, SCHEMA, [FeatureRead(SPEC)])
 
 
 def test_wrong_fixed_length_names_file_and_column(tmp_path):
@@ -125,7 +126,7 @@ def test_wrong_fixed_length_names_file_and_column(tmp_path):
     with pytest.raises(
         DataFileError, match=r"p\.parquet: column 'x': holds 2 values per row, expected 3"
     ):
-        DataFile(path, SCHEMA, [FeatureRead(SPEC)])
+        ParquetDataFile(path, SCHEMA, [FeatureRead(SPEC)])
 
 
 def test_wrong_variable_row_length_names_file_and_column(tmp_path):
@@ -133,7 +134,7 @@ def test_wrong_variable_row_length_names_file_and_column(tmp_path):
         str(tmp_path / "p.parquet"),
         {"x": pa.array([[1.0, 2.0, 3.0], [1.0]], pa.list_(pa.float32()))},
     )
-    data_file = DataFile(path, SCHEMA, [FeatureRead(SPEC)])
+    data_file = ParquetDataFile(path, SCHEMA, [FeatureRead(SPEC)])
     with pytest.raises(
         DataFileError, match=r"p\.parquet: column 'x': row 1 .* holds 1 values, expected 3"
     ):
@@ -145,12 +146,12 @@ def test_wrong_value_type_and_nulls_are_errors(tmp_path):
         str(tmp_path / "p.parquet"), {"x": pa.array([["a", "b", "c"]], pa.list_(pa.string(), 3))}
     )
     with pytest.raises(DataFileError, match=r"column 'x': values of type string do not match"):
-        DataFile(path, SCHEMA, [FeatureRead(SPEC)])
+        ParquetDataFile(path, SCHEMA, [FeatureRead(SPEC)])
     path = _plain_file(
         str(tmp_path / "n.parquet"), {"x": pa.array([[1.0, None, 3.0]], pa.list_(pa.float32(), 3))}
     )
     with pytest.raises(DataFileError, match=r"n\.parquet: column 'x': 1 null values"):
-        DataFile(path, SCHEMA, [FeatureRead(SPEC)]).read(0)
+        ParquetDataFile(path, SCHEMA, [FeatureRead(SPEC)]).read(0)
 
 
 def test_file_written_with_another_length_is_an_error(write_files, tmp_path, schema_path):
@@ -161,7 +162,7 @@ def test_file_written_with_another_length_is_an_error(write_files, tmp_path, sch
     with pytest.raises(
         DataFileError, match=r"feature 'cont' has length 12 in this file, the schema says 20"
     ):
-        DataFile(path, schema, [FeatureRead(schema.get("cont", where="t"))])
+        ParquetDataFile(path, schema, [FeatureRead(schema.get("cont", where="t"))])
 
 
 def test_unreadable_file_is_named(tmp_path, schema_path):
@@ -169,7 +170,7 @@ def test_unreadable_file_is_named(tmp_path, schema_path):
     path.write_bytes(b"not a parquet file at all")
     schema = load_schema(schema_path)
     with pytest.raises(DataFileError, match=r"cannot read Parquet file .*junk\.parquet"):
-        DataFile(str(path), schema, [FeatureRead(schema.get("bin", where="t"))])
+        ParquetDataFile(str(path), schema, [FeatureRead(schema.get("bin", where="t"))])
 
 
 def test_nan_and_inf_pass_through(tmp_path):
@@ -177,7 +178,7 @@ def test_nan_and_inf_pass_through(tmp_path):
     path = str(tmp_path / "nan.parquet")
     with SegDenseWriter(path, schema, WriteOptions()) as writer:
         writer.write({"x": np.array([[np.nan, np.inf, -np.inf]], np.float32)})
-    result = DataFile(path, schema, [FeatureRead(SPEC)]).read(0)["x"]
+    result = ParquetDataFile(path, schema, [FeatureRead(SPEC)]).read(0)["x"]
     assert np.isnan(result[0, 0]) and result[0, 1] == np.inf and result[0, 2] == -np.inf
 
 

@@ -1,10 +1,13 @@
 import json
+import math
 from pathlib import Path
 
 import pytest
+import torch
 
-from projects.home.recap.data.features import feature_widths, plan_features
+from projects.home.recap.data.features import build_input_spec, plan_features
 from projects.home.recap.data.schema import FeatureDtype, SchemaError, load_schema
+from projects.home.recap.inputs import ContinuousSource
 
 SHIPPED = Path(__file__).parents[5] / "projects/home/recap/config/home_recap_2022/segdense.json"
 
@@ -92,28 +95,59 @@ def test_bytes_and_wrongly_typed_features_are_rejected(make_config):
         plan_features(config, tasks=[], with_labels=False)
 
 
-def test_feature_widths_follow_truncation_and_renamed_embeddings(make_config):
-    widths = feature_widths(
-        make_config(
-            preprocess={
-                "truncate_and_slice": {
-                    "continuous_feature_truncation": 7,
-                    "binary_feature_truncation": 2,
-                }
-            }
-        )
+def test_input_spec_follows_truncation_and_renamed_embeddings(make_config, schema_path):
+    config = make_config(
+        tasks={"label.a": {"pos_downsampling_rate": 0.5, "neg_downsampling_rate": 0.25}},
+        preprocess={
+            "truncate_and_slice": {
+                "continuous_feature_truncation": 7,
+                "binary_feature_truncation": 2,
+            },
+            "downcast": {"features": {"continuous": "bfloat16", "binary": "bool"}},
+        },
     )
+    spec = build_input_spec(config, ["label.a"])
+    widths = spec.widths
     assert (widths.continuous, widths.binary, widths.discrete) == (7, 2, 4)
     assert widths.embeddings == {"user_embedding": 4}
+    assert spec.task_sampling["label.a"].log_ratio == pytest.approx(math.log(0.5))
+    # z-score statistics cover the 12 raw columns; the reader keeps the first 7.
+    assert spec.continuous_source == ContinuousSource("cont", 12, tuple(range(7)))
+    assert spec.dtypes == {
+        "continuous_features": torch.bfloat16,
+        "binary_features": torch.bool,
+        "discrete_features": torch.int64,
+        "user_embedding": torch.float32,
+    }
+    untruncated = build_input_spec(make_config(), [])
+    assert untruncated.continuous_source == ContinuousSource("cont", 12, None)
+    assert untruncated.task_sampling == {}
 
 
-def test_feature_widths_of_the_shipped_local_config():
+def test_input_spec_without_continuous_has_no_source(make_config):
+    config = make_config(seg_dense_schema={"renamed_features": {"binary": "bin"}})
+    spec = build_input_spec(config, [])
+    assert spec.continuous_source is None
+    assert spec.widths.continuous == 0 and spec.widths.embeddings == {}
+    assert spec.dtypes == {
+        "continuous_features": torch.float32,
+        "binary_features": torch.int64,
+        "discrete_features": torch.int64,
+    }
+
+
+def test_input_spec_of_a_task_the_data_lacks_is_an_error(make_config):
+    with pytest.raises(SchemaError, match=r"model task 'label.q'"):
+        build_input_spec(make_config(), ["label.q"])
+
+
+def test_input_spec_of_the_shipped_local_config():
     from projects.home.recap.config import RecapConfig
     from tml.core.config import load_config_from_yaml
 
     path = SHIPPED.parents[1] / "local_cpu.yaml"
     config = load_config_from_yaml(RecapConfig, path)
-    widths = feature_widths(config.train_data)
+    widths = build_input_spec(config.train_data, list(config.model.tasks)).widths
     assert (widths.continuous, widths.binary, widths.discrete) == (2117, 59, 320)
     assert widths.embeddings == {
         "user_embedding": 200,

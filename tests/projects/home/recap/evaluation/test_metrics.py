@@ -7,9 +7,10 @@ import numpy as np
 import pytest
 import torch
 
-from projects.home.recap.config import METRICS_OF_SET, MetricSet, RecapConfig
-from projects.home.recap.embedding.config import StratifierConfig
+from projects.home.recap.config import RecapConfig
+from projects.home.recap.evaluation.metric_sets import METRICS_OF_SET, MetricSet
 from projects.home.recap.evaluation.metrics import build_metrics
+from projects.home.recap.model.config import StratifierConfig
 from tests.helpers.multiprocess import run_on_ranks
 from tml.core.config import ConfigError, load_config_from_yaml
 from tml.distributed import distributed_environment

@@ -1,4 +1,4 @@
-"""Shared pieces of the model tests: tiny widths, a data config, YAML models, batches, training."""
+"""Shared pieces of the model tests: a tiny input spec, YAML models, batches, training."""
 
 from __future__ import annotations
 
@@ -11,46 +11,42 @@ import torch
 import yaml
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
-from projects.home.recap.data.batch import FeatureWidths, RecapBatch
-from projects.home.recap.data.config import RecapDataConfig
+from projects.home.recap.inputs import (
+    ContinuousSource,
+    DenseInputs,
+    InputSpec,
+    InputWidths,
+    RecapBatch,
+    TaskSampling,
+)
 from projects.home.recap.model.config import ModelConfig
 from projects.home.recap.model.model_and_loss import ModelAndLoss, build_model_and_loss
 from tml.core.config import validate_config
 
-WIDTHS = FeatureWidths(
+WIDTHS = InputWidths(
     continuous=12, binary=5, discrete=6, embeddings={"user_embedding": 4, "author_embedding": 4}
 )
 # The data carries more labels than the models train on, in another order, with distinct rates.
 DATA_TASKS = {
-    "recap.engagement.is_shared": {},
-    "recap.engagement.is_replied": {"pos_downsampling_rate": 1.0, "neg_downsampling_rate": 0.01},
-    "recap.engagement.is_favorited": {"pos_downsampling_rate": 0.5, "neg_downsampling_rate": 0.1},
-    "recap.engagement.is_retweeted": {},
+    "recap.engagement.is_shared": TaskSampling(),
+    "recap.engagement.is_replied": TaskSampling(
+        pos_downsampling_rate=1.0, neg_downsampling_rate=0.01
+    ),
+    "recap.engagement.is_favorited": TaskSampling(
+        pos_downsampling_rate=0.5, neg_downsampling_rate=0.1
+    ),
+    "recap.engagement.is_retweeted": TaskSampling(),
 }
 MODEL_TASKS = ["recap.engagement.is_favorited", "recap.engagement.is_replied"]
 
 
-def data_config(**overrides: object) -> RecapDataConfig:
-    """A dataset with user and author TwHIN embeddings and two id features for large tables."""
-    data = {
-        "inputs": "/nonexistent/*.parquet",
-        "global_batch_size": 32,
-        "seg_dense_schema": {
-            "schema_path": "/nonexistent/schema.json",
-            "renamed_features": {
-                "continuous": "cont",
-                "binary": "bin",
-                "discrete": "disc",
-                "user_embedding": "user_emb",
-                "author_embedding": "author_emb",
-                "meta__user_id": "meta.user_id",
-                "meta__author_id": "meta.author_id",
-            },
-        },
-        "tasks": DATA_TASKS,
-        **overrides,
-    }
-    return validate_config(RecapDataConfig, data, "test data config")
+def input_spec(
+    widths: InputWidths = WIDTHS, continuous_source: ContinuousSource | None = None
+) -> InputSpec:
+    """What the data stage would report for data with user and author TwHIN embeddings whose
+    continuous columns are all of the schema feature ``cont`` (unless told otherwise)."""
+    source = continuous_source or ContinuousSource(feature="cont", raw_width=widths.continuous)
+    return InputSpec(widths=widths, task_sampling=dict(DATA_TASKS), continuous_source=source)
 
 
 def model_config(text: str) -> ModelConfig:
@@ -71,7 +67,7 @@ def make_batch(
     tasks: int = len(MODEL_TASKS),
     tables: dict[str, int] | None = None,
     seed: int = 0,
-    widths: FeatureWidths = WIDTHS,
+    widths: InputWidths = WIDTHS,
 ) -> RecapBatch:
     """A random batch; ``tables`` maps large table name -> rows (one id per example)."""
     generator = torch.Generator().manual_seed(seed)
@@ -85,26 +81,30 @@ def make_batch(
             values=torch.cat(ids),
             lengths=torch.ones(batch_size * len(tables), dtype=torch.int32),
         )
-    return RecapBatch(
-        continuous_features=torch.randn(batch_size, widths.continuous, generator=generator) * 3,
-        binary_features=torch.randint(0, 2, (batch_size, widths.binary), generator=generator),
-        discrete_features=torch.randint(0, 40, (batch_size, widths.discrete), generator=generator),
-        labels=torch.randint(0, 2, (batch_size, tasks), generator=generator).float(),
-        weights=torch.rand(batch_size, tasks, generator=generator) + 0.5,
-        sparse_features=sparse,
-        **{
-            name: torch.randn(batch_size, width, generator=generator)
-            for name, width in widths.embeddings.items()
-        },
+    # Drawn in the order the tests' expectations were computed with.
+    continuous = torch.randn(batch_size, widths.continuous, generator=generator) * 3
+    binary = torch.randint(0, 2, (batch_size, widths.binary), generator=generator)
+    discrete = torch.randint(0, 40, (batch_size, widths.discrete), generator=generator)
+    labels = torch.randint(0, 2, (batch_size, tasks), generator=generator).float()
+    weights = torch.rand(batch_size, tasks, generator=generator) + 0.5
+    embeddings = {
+        name: torch.randn(batch_size, width, generator=generator)
+        for name, width in widths.embeddings.items()
+    }
+    inputs = DenseInputs(
+        continuous_features=continuous,
+        binary_features=binary,
+        discrete_features=discrete,
+        **embeddings,
     )
+    return RecapBatch(inputs=inputs, labels=labels, weights=weights, sparse_features=sparse)
 
 
-def build(text: str, data: RecapDataConfig | None = None, **kwargs: object) -> ModelAndLoss:
-    """ModelAndLoss for a YAML model over the test widths, tables materialised on the CPU."""
+def build(text: str, spec: InputSpec | None = None, **kwargs: object) -> ModelAndLoss:
+    """ModelAndLoss for a YAML model over the test spec, tables materialised on the CPU."""
     return build_model_and_loss(
         model_config(text),
-        data or data_config(),
-        WIDTHS,
+        spec or input_spec(),
         large_embedding_device=torch.device("cpu"),
         **kwargs,
     )
@@ -130,7 +130,7 @@ def recap() -> SimpleNamespace:
         "WIDTHS": WIDTHS,
         "MODEL_TASKS": MODEL_TASKS,
         "DATA_TASKS": DATA_TASKS,
-        "data_config": data_config,
+        "input_spec": input_spec,
         "model_config": model_config,
         "mlp_towers": mlp_towers,
         "make_batch": make_batch,

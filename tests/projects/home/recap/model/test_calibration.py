@@ -21,10 +21,10 @@ def test_calibrate_by_hand():
 
 
 def test_ratios_are_found_by_task_name(recap):
-    data = recap.data_config()
+    sampling = recap.input_spec().task_sampling
     ratios = calibration_log_ratios(
-        ["recap.engagement.is_replied", "recap.engagement.is_favorited"], data
+        ["recap.engagement.is_replied", "recap.engagement.is_favorited"], sampling
     )
     torch.testing.assert_close(ratios.exp(), torch.tensor([0.01, 0.2]))
     with pytest.raises(ValueError, match="is_bookmarked"):
-        calibration_log_ratios(["recap.engagement.is_bookmarked"], data)
+        calibration_log_ratios(["recap.engagement.is_bookmarked"], sampling)

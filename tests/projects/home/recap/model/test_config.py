@@ -1,7 +1,9 @@
 import pytest
 
-from projects.home.recap.model.architectures import ARCHITECTURES
-from projects.home.recap.model.config import TaskModel, embedding_vector_widths
+from projects.home.recap.model import architectures
+from projects.home.recap.model.architectures import ARCHITECTURES, build_task_network
+from projects.home.recap.model.config import TaskModel
+from projects.home.recap.model.input_layout import InputLayout
 
 SMALL = "small_embeddings: {tables: [{name: c, num_embeddings: 5, embedding_dim: 4, index: 0}]}\n"
 DLRM = "dlrm_config: {bottom_mlp: {layer_sizes: [4]}, top_mlp: {layer_sizes: [1]}}"
@@ -54,4 +56,41 @@ def test_dlrm_backbone_and_towers_that_fit_are_accepted(recap):
         + f"backbone: {{{DLRM}}}\n"
         + towers(DLRM)
     )
-    assert embedding_vector_widths(config) == {"c": 4, "position_debias": 4}
+    assert config.embedding_vector_widths() == {"c": 4, "position_debias": 4}
+
+
+def test_parameters_outside_the_towers_are_named_by_each_part(recap):
+    config = recap.model_config(
+        SMALL
+        + "featurization_config:\n"
+        + "  double_norm_log_config:\n"
+        + "    batch_norm_config: {affine: true}\n"
+        + "    layer_norm_config: {center: false, scale: false}\n"
+        + "multi_task_type: share_all\n"
+        + "backbone: {mlp_config: {layer_sizes: [4]}}\n"
+        + towers("mlp_config: {layer_sizes: [1]}")
+    )
+    data_features = ["continuous", "user_embedding", "meta__user_id"]
+    assert config.shared_parameter_sources(data_features) == [
+        "backbone",
+        "featurization batch norm",
+        "user_embedding layer norm",
+        "small embeddings",
+    ]
+    bare = recap.model_config(
+        "featurization_config: {log1p_abs_config: {}}\n" + towers("mlp_config: {layer_sizes: [1]}")
+    )
+    assert bare.shared_parameter_sources(["continuous", "binary"]) == []
+
+
+def test_an_architecture_without_a_builder_is_a_clear_error(monkeypatch):
+    tower = TaskModel.model_validate({"mlp_config": {"layer_sizes": [1]}})
+    monkeypatch.delitem(architectures.ARCHITECTURES, "mlp_config")
+    with pytest.raises(ValueError, match="architecture 'mlp_config' has no builder"):
+        build_task_network(tower, InputLayout(3))
+
+
+def test_a_config_with_no_architecture_is_a_clear_error():
+    # Only a config built without validation can get here; it must not fail deep in a builder.
+    with pytest.raises(ValueError, match="no architecture is set"):
+        build_task_network(TaskModel.model_construct(), InputLayout(3))

@@ -84,13 +84,25 @@ def test_pretrained_tables_load_from_a_distributed_checkpoint(recap, tmp_path):
     snapshot = torch.arange(8, dtype=torch.float32).view(4, 2)
     dcp.save({"twhin.author": snapshot, "other": torch.zeros(3)}, checkpoint_id=str(tmp_path))
     config = large_config({"emb_name": "twhin.author", "embedding_snapshot_uri": str(tmp_path)})
-    model = torch.nn.Module()
-    model.large_embeddings = LargeEmbeddings(config, torch.device("cpu"))
-    user_before = model.large_embeddings.ebc.embedding_bags["meta__user_id"].weight.clone()
-    assert load_pretrained_embeddings(model, config) == ["meta__author_id"]
-    bags = model.large_embeddings.ebc.embedding_bags
+    tables = LargeEmbeddings(config, torch.device("cpu"))
+    user_before = tables.ebc.embedding_bags["meta__user_id"].weight.clone()
+    assert load_pretrained_embeddings(tables) == ["meta__author_id"]
+    bags = tables.ebc.embedding_bags
     torch.testing.assert_close(bags["meta__author_id"].weight.detach(), snapshot)
     torch.testing.assert_close(bags["meta__user_id"].weight.detach(), user_before)
+    assert load_pretrained_embeddings(None) == []
+
+
+def test_table_weights_are_the_tables_by_name_sharing_their_storage():
+    tables = LargeEmbeddings(large_config(), torch.device("cpu"))
+    weights = tables.table_weights()
+    assert list(weights) == ["meta__user_id", "meta__author_id"]
+    for name, weight in weights.items():
+        parameter = tables.ebc.embedding_bags[name].weight
+        assert weight.data_ptr() == parameter.data_ptr() and weight.shape == parameter.shape
+    assert [id(p) for p in tables.table_parameters()] == [
+        id(tables.ebc.embedding_bags[name].weight) for name in weights
+    ]
 
 
 @pytest.mark.parametrize(
@@ -103,7 +115,5 @@ def test_pretrained_tables_load_from_a_distributed_checkpoint(recap, tmp_path):
 def test_pretrained_errors_name_the_table(tmp_path, emb_name, stored, message):
     dcp.save({"table": stored}, checkpoint_id=str(tmp_path))
     config = large_config({"emb_name": emb_name, "embedding_snapshot_uri": str(tmp_path)})
-    model = torch.nn.Module()
-    model.large_embeddings = LargeEmbeddings(config, torch.device("cpu"))
     with pytest.raises(ValueError, match=message):
-        load_pretrained_embeddings(model, config)
+        load_pretrained_embeddings(LargeEmbeddings(config, torch.device("cpu")))

@@ -1,21 +1,22 @@
 import json
 import math
 
-import numpy as np
 import pytest
 import torch
 
+from projects.home.recap.inputs import ContinuousSource, DenseInputs, InputWidths
+from projects.home.recap.model import featurization
 from projects.home.recap.model.config import FeaturizationConfig
 from projects.home.recap.model.featurization import FEATURIZATIONS, build_featurization
 
 LOG2 = math.log(2.0)
 
 
-def featurize(recap, text, continuous, binary, discrete=None, data=None):
+def featurize(recap, text, continuous, binary, discrete=None, source=None):
     config = recap.model_config(text + "\n" + recap.mlp_towers()).featurization_config
-    widths = type(recap.WIDTHS)(continuous.shape[1], binary.shape[1], 3, {})
-    module = build_featurization(config, widths, data or recap.data_config()).eval()
-    return module(continuous, binary, discrete)
+    widths = InputWidths(continuous.shape[1], binary.shape[1], 3, {})
+    module = build_featurization(config, recap.input_spec(widths, source)).eval()
+    return module(DenseInputs(continuous, binary, discrete))
 
 
 def test_the_table_covers_every_featurization():
@@ -41,9 +42,8 @@ def test_clip_log1p_abs_clamps(recap):
 
 
 def test_no_featurization_config_cleans_and_appends_binary(recap):
-    widths = type(recap.WIDTHS)(2, 1, 3, {})
-    module = build_featurization(None, widths, recap.data_config())
-    out = module(torch.tensor([[math.nan, -5.0]]), torch.tensor([[True]]), None)
+    module = build_featurization(None, recap.input_spec(InputWidths(2, 1, 3, {})))
+    out = module(DenseInputs(torch.tensor([[math.nan, -5.0]]), torch.tensor([[True]])))
     torch.testing.assert_close(out, torch.tensor([[0.0, -5.0, 1.0]]))
 
 
@@ -88,25 +88,17 @@ def z_score_text(path, clip=100.0):
 
 
 def test_z_score_log_selects_the_kept_columns_by_hand(recap, tmp_path):
-    # Raw stats cover 6 columns; the data keeps the first 4, then columns 1 and 2 by mask.
+    # Raw stats cover 6 columns; the data keeps the first 4, then columns 1 and 2 by mask, as
+    # the data stage reports in the input spec.
     stats = write_stats(tmp_path / "stats.json")
-    np.save(tmp_path / "mask.npy", np.array([0, 1, 1, 0]))
-    data = recap.data_config(
-        preprocess={
-            "truncate_and_slice": {
-                "continuous_feature_truncation": 4,
-                "continuous_feature_mask_path": str(tmp_path / "mask.npy"),
-                # Production configs truncate binary too; it must not affect the statistics.
-                "binary_feature_truncation": 2,
-            }
-        }
-    )
+    source = ContinuousSource(feature="cont", raw_width=6, kept_columns=(1, 2))
     continuous = torch.tensor([[math.e - 1, math.e**2 - 1]])
-    out = featurize(recap, z_score_text(stats), continuous, torch.zeros(1, 0), data=data)
+    out = featurize(recap, z_score_text(stats), continuous, torch.zeros(1, 0), source=source)
     # Column 1: (1 - 1) / 2; column 2 has std 0 and is only centred: 2 - 2.
     torch.testing.assert_close(out, torch.tensor([[0.0, 0.0]]))
     continuous = torch.tensor([[0.0, 0.0]])
-    out = featurize(recap, z_score_text(stats, clip=1.5), continuous, torch.zeros(1, 0), data=data)
+    text = z_score_text(stats, clip=1.5)
+    out = featurize(recap, text, continuous, torch.zeros(1, 0), source=source)
     torch.testing.assert_close(out, torch.tensor([[-0.5, -1.5]]))
 
 
@@ -114,7 +106,7 @@ def test_z_score_log_selects_the_kept_columns_by_hand(recap, tmp_path):
     ("stats", "message"),
     [
         ({"feature": "other"}, "describes 'other'"),
-        ({"mean": [0.0] * 5, "std": [1.0] * 5}, "keeps 5, but the continuous features have 6"),
+        ({"mean": [0.0] * 5, "std": [1.0] * 5}, "has 5 columns but the schema's 'cont' has 6"),
         ({"std": [1.0, -1.0, 1.0, 1.0, 1.0, 1.0]}, "column 1 needs a finite mean"),
         ({"stdev": 1}, "unknown keys"),
     ],
@@ -123,6 +115,32 @@ def test_z_score_statistics_errors_name_the_problem(recap, tmp_path, stats, mess
     path = write_stats(tmp_path / "stats.json", **stats)
     with pytest.raises(ValueError, match=message):
         featurize(recap, z_score_text(path), torch.zeros(1, 6), torch.zeros(1, 0))
+
+
+def test_z_score_needs_the_spec_to_keep_as_many_columns_as_the_model_reads(recap, tmp_path):
+    path = write_stats(tmp_path / "stats.json")
+    source = ContinuousSource(feature="cont", raw_width=6, kept_columns=(0, 1, 2))
+    with pytest.raises(ValueError, match="the data keeps 3, but the continuous features have 6"):
+        featurize(recap, z_score_text(path), torch.zeros(1, 6), torch.zeros(1, 0), source=source)
+
+
+def test_z_score_needs_a_continuous_feature(recap, tmp_path):
+    config = recap.model_config(
+        z_score_text(write_stats(tmp_path / "stats.json")) + "\n" + recap.mlp_towers()
+    ).featurization_config
+    spec = recap.input_spec(InputWidths(6, 0, 3, {}))
+    spec = type(spec)(widths=spec.widths, task_sampling=spec.task_sampling)
+    with pytest.raises(ValueError, match="the data has none"):
+        build_featurization(config, spec)
+
+
+def test_a_featurization_without_a_builder_is_a_clear_error(recap, monkeypatch):
+    config = recap.model_config(
+        "featurization_config: {log1p_abs_config: {}}\n" + recap.mlp_towers()
+    ).featurization_config
+    monkeypatch.delitem(featurization.FEATURIZATIONS, "log1p_abs_config")
+    with pytest.raises(ValueError, match="featurization 'log1p_abs_config' has no builder"):
+        build_featurization(config, recap.input_spec())
 
 
 def test_z_score_rejects_schema_path_at_config_load(recap, tmp_path):

@@ -35,7 +35,7 @@ def test_outputs_are_detached_and_complete(recap):
     assert outputs["task_losses"].shape == (2,)
     torch.testing.assert_close(outputs["loss"], outputs["task_losses"].mean())
     torch.testing.assert_close(
-        outputs["stratifiers"], batch.discrete_features[:, [3, 0]].long(), rtol=0, atol=0
+        outputs["stratifiers"], batch.inputs.discrete_features[:, [3, 0]].long(), rtol=0, atol=0
     )
 
 

@@ -1,4 +1,5 @@
 import copy
+import dataclasses
 import math
 import textwrap
 
@@ -6,9 +7,8 @@ import pytest
 import torch
 
 from projects.home.recap.config import RecapConfig
-from projects.home.recap.data.batch import FeatureWidths
+from projects.home.recap.inputs import InputSpec, InputWidths, TaskSampling
 from projects.home.recap.model.config import module_key
-from projects.home.recap.model.embeddings import is_large_embedding_parameter
 from projects.home.recap.model.ranking_model import build_ranking_model, compile_dense
 from tml.core.config import load_config_from_yaml
 
@@ -188,29 +188,64 @@ def test_every_parameter_receives_a_gradient(recap, name):
         assert parameter.grad.abs().sum() > 0, parameter_name
 
 
-def test_parameter_names_mark_towers_and_large_tables(recap):
+def test_parameter_groups_cover_every_parameter_once_by_owner(recap):
     model = recap.build(MODELS["dlrm_backbone_with_every_embedding"]).model
-    names = [name for name, _ in model.named_parameters()]
-    assert "large_embeddings.ebc.embedding_bags.meta__user_id.weight" in names
-    large = [name for name in names if is_large_embedding_parameter(name)]
-    assert large == [
-        "large_embeddings.ebc.embedding_bags.meta__user_id.weight",
-        "large_embeddings.ebc.embedding_bags.meta__author_id.weight",
+    groups = model.parameter_groups()
+    names = {id(parameter): name for name, parameter in model.named_parameters()}
+
+    def named(parameters):
+        return sorted(names[id(parameter)] for parameter in parameters)
+
+    assert list(groups.towers) == [FAV, REPLY]
+    assert [module_key(task) for task in groups.towers] == [
+        "recap__engagement__is_favorited",
+        "recap__engagement__is_replied",
     ]
-    assert is_large_embedding_parameter("model." + large[0])
-    assert not is_large_embedding_parameter("dense.small_embeddings.tables.0.weight")
-    keys = [module_key(task) for task in (FAV, REPLY)]
-    assert keys == ["recap__engagement__is_favorited", "recap__engagement__is_replied"]
-    for name in names:
-        in_towers = [key for key in keys if f".{key}." in name]
-        # Each dense parameter is in at most one tower; the rest is the backbone.
-        assert len(in_towers) == (1 if name.startswith("dense.towers.") else 0), name
+    for task, parameters in groups.towers.items():
+        prefix = f"dense.towers.{module_key(task)}."
+        expected = [name for name in names.values() if name.startswith(prefix)]
+        assert named(parameters) == sorted(expected) and expected, task
+    assert named(groups.large_tables) == [
+        "large_embeddings.ebc.embedding_bags.meta__author_id.weight",
+        "large_embeddings.ebc.embedding_bags.meta__user_id.weight",
+    ]
+    assert named(groups.backbone) == sorted(
+        name
+        for name in names.values()
+        if name.startswith("dense.") and not name.startswith("dense.towers.")
+    )
+    everything = [*groups.backbone, *groups.large_tables]
+    everything += [p for parameters in groups.towers.values() for p in parameters]
+    assert sorted(map(id, everything)) == sorted(names)
+
+
+@pytest.mark.parametrize("task", ["backbone", "dense", "towers", "layers", "network", "model"])
+def test_a_task_named_like_a_module_keeps_its_own_parameters(recap, task):
+    # Names once decided the groups: a task called "backbone" took the backbone's parameters.
+    text = (
+        "multi_task_type: share_partial\n"
+        "backbone: {mlp_config: {layer_sizes: [8], final_layer_activation: true}}\n"
+        f"tasks:\n  {task}:\n    mlp_config: {{layer_sizes: [4, 1]}}\n"
+        f"  {REPLY}:\n    mlp_config: {{layer_sizes: [4, 1]}}\n"
+    )
+    spec = recap.input_spec()
+    spec = InputSpec(spec.widths, {**spec.task_sampling, task: TaskSampling()})
+    model = recap.build(text, spec).model
+    groups = model.parameter_groups()
+    backbone = {id(p) for p in model.dense.backbone.parameters()}
+    assert backbone <= {id(p) for p in groups.backbone}
+    for name, tower in [
+        (task, model.dense.towers[task]),
+        (REPLY, model.dense.towers[module_key(REPLY)]),
+    ]:
+        assert [id(p) for p in groups.towers[name]] == [id(p) for p in tower.parameters()]
+        assert not {id(p) for p in tower.parameters()} & {id(p) for p in groups.backbone}
 
 
 def test_large_tables_are_built_on_meta_by_default(recap):
     config = recap.model_config(MODELS["dlrm_backbone_with_every_embedding"])
-    model = build_ranking_model(config, recap.data_config(), recap.WIDTHS)
-    assert model.large_embeddings.ebc.embedding_bags["meta__user_id"].weight.is_meta
+    model = build_ranking_model(config, recap.input_spec())
+    assert model.large_embeddings.table_weights()["meta__user_id"].is_meta
     assert not any(p.is_meta for n, p in model.named_parameters() if n.startswith("dense."))
 
 
@@ -219,13 +254,7 @@ def test_outputs_follow_model_task_order_and_calibrate_by_name(recap):
     model = recap.build(MODELS["mlp_share_none"]).model.eval()
     assert model.task_names == (FAV, REPLY)
     batch = recap.make_batch()
-    outputs = model(
-        batch.continuous_features,
-        batch.binary_features,
-        batch.discrete_features,
-        batch.user_embedding,
-        author_embedding=batch.author_embedding,
-    )
+    outputs = model(batch.inputs)
     logits = outputs["logits"]
     assert logits.shape == (32, 2) and logits.dtype == torch.float32
     torch.testing.assert_close(outputs["probabilities"], torch.sigmoid(logits))
@@ -258,42 +287,43 @@ def test_backbone_output_is_what_towers_read(recap):
 def test_missing_features_are_named(recap):
     model = recap.build(MODELS["dlrm_backbone_with_every_embedding"]).model
     batch = recap.make_batch(tables={"meta__user_id": 50, "meta__author_id": 30})
-    inputs = {
-        "continuous_features": batch.continuous_features,
-        "binary_features": batch.binary_features,
-        "discrete_features": batch.discrete_features,
-        "user_embedding": batch.user_embedding,
-        "author_embedding": batch.author_embedding,
-        "sparse_features": batch.sparse_features,
-    }
-    model(**inputs)
-    for name, message in [
-        ("author_embedding", "author_embedding"),
-        ("discrete_features", "discrete_features"),
-        ("sparse_features", "sparse_features"),
-    ]:
-        with pytest.raises(ValueError, match=message):
-            model(**{**inputs, name: None})
+    inputs, sparse = batch.inputs, batch.sparse_features
+    model(inputs, sparse)
+    for name in ["author_embedding", "discrete_features"]:
+        with pytest.raises(ValueError, match=name):
+            model(dataclasses.replace(inputs, **{name: None}), sparse)
+    with pytest.raises(ValueError, match="sparse_features"):
+        model(inputs, None)
+    narrow = dataclasses.replace(inputs, continuous_features=inputs.continuous_features[:, :5])
     with pytest.raises(ValueError, match=r"continuous_features should be \[batch, 12\]"):
-        model(**{**inputs, "continuous_features": batch.continuous_features[:, :5]})
+        model(narrow, sparse)
 
 
 def test_build_rejects_columns_past_the_discrete_width(recap):
     config = recap.model_config(MODELS["dlrm_backbone_with_every_embedding"])
-    narrow = FeatureWidths(12, 5, 2, recap.WIDTHS.embeddings)
+    narrow = recap.input_spec().with_widths(discrete=2)
     with pytest.raises(ValueError, match="small table 'language' reads discrete column 2"):
-        build_ranking_model(config, recap.data_config(), narrow)
+        build_ranking_model(config, narrow)
+
+
+def test_build_rejects_embeddings_the_model_cannot_read(recap):
+    config = recap.model_config(MODELS["no_featurization_config"])
+    spec = recap.input_spec().with_widths(embeddings={"user_embedding": 4, "item_embedding": 4})
+    with pytest.raises(ValueError, match=r"embeddings \['item_embedding'\]"):
+        build_ranking_model(config, spec)
 
 
 def test_production_shaped_model_has_the_analytic_parameter_count():
     config = load_config_from_yaml(RecapConfig, "projects/home/recap/config/local_prod.yaml")
-    widths = FeatureWidths(
+    widths = InputWidths(
         continuous=2117,
         binary=59,
         discrete=320,
         embeddings={"user_embedding": 200, "user_eng_embedding": 200, "author_embedding": 200},
     )
-    model = build_ranking_model(config.model, config.train_data, widths)
+    # Sampling rates set calibration constants only; they do not change the parameter count.
+    spec = InputSpec(widths, {task: TaskSampling() for task in config.model.tasks})
+    model = build_ranking_model(config.model, spec)
 
     def linear(fan_in, fan_out):
         return fan_in * fan_out + fan_out

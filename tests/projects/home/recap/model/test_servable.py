@@ -39,11 +39,13 @@ def eval_outputs(model, batch):
 def test_exported_program_reproduces_the_model_at_another_batch_size(recap):
     model = recap.build(MODEL + recap.mlp_towers("[6, 1]"), return_backbone=True)
     recap.train(model, recap.make_batch(tables=TABLES), steps=3)  # move batch-norm statistics
-    program = export_ranking_model(model.model, recap.make_batch(batch_size=8, tables=TABLES))
+    servable = ServableRankingModel(model.model)
+    example = recap.make_batch(batch_size=8, tables=TABLES)
+    program = export_ranking_model(servable, *servable_inputs(example, servable.table_names))
     assert model.training  # export leaves the caller's mode alone
     batch = recap.make_batch(batch_size=5, tables=TABLES, seed=7)
     expected = eval_outputs(model, batch)
-    exported = program.module()(**servable_inputs(batch, ["meta__user_id", "meta__author_id"]))
+    exported = program.module()(*servable_inputs(batch, ["meta__user_id", "meta__author_id"]))
     assert set(exported) == {"logits", "probabilities", "calibrated_probabilities", "backbone"}
     for name, value in exported.items():
         torch.testing.assert_close(value, expected[name], rtol=1e-5, atol=1e-6)
@@ -58,7 +60,23 @@ def test_servable_refuses_tables_that_are_not_materialised(recap):
 
 def test_servable_inputs_need_one_id_per_example(recap):
     batch = recap.make_batch(batch_size=3, tables={"meta__user_id": 50})
-    inputs = servable_inputs(batch, ["meta__user_id"])
-    assert inputs["sparse_ids"].shape == (3, 1)
+    inputs, sparse_ids = servable_inputs(batch, ["meta__user_id"])
+    assert inputs is batch.inputs and sparse_ids.shape == (3, 1)
+    assert servable_inputs(batch, []) == (batch.inputs, None)
     with pytest.raises(ValueError, match="no key 'meta__author_id'"):
         servable_inputs(batch, ["meta__author_id"])
+
+
+@pytest.mark.parametrize("dynamic_batch", [True, False])
+def test_a_model_without_tables_exports_with_only_its_dense_inputs(recap, dynamic_batch):
+    model = recap.build(recap.mlp_towers())
+    example = recap.make_batch(batch_size=4)
+    program = export_ranking_model(
+        ServableRankingModel(model.model), example.inputs, dynamic_batch=dynamic_batch
+    )
+    batch = recap.make_batch(batch_size=3 if dynamic_batch else 4, seed=5)
+    inputs, sparse_ids = servable_inputs(batch, [])
+    exported = program.module()(inputs, sparse_ids)
+    expected = eval_outputs(model, batch)
+    for name, value in exported.items():
+        torch.testing.assert_close(value, expected[name], rtol=1e-5, atol=1e-6)

@@ -1,10 +1,11 @@
-"""``--mode evaluate``: follow a training job's checkpoints and evaluate each one once.
+"""Evaluate mode (``--mode evaluate``): follow a training job's checkpoints and evaluate each
+one once.
 
-Run it beside a training job with the same config. It waits for complete checkpoints in
-``<save_dir>/checkpoints``, evaluates each one on every validation partition, logs the metrics
-at the checkpoint's step (stream ``evaluator``: console, TensorBoard, ``evaluator.jsonl``) and
-marks the checkpoint done per partition with ``evaluated_<partition>.json`` in its folder, so a
-restarted evaluator skips what is done. It stops once the final step (``num_train_steps``) is
+Run it beside a training job with the same config. It waits for complete checkpoints in the job
+folder, evaluates each one on every validation partition, logs the metrics at the checkpoint's
+step (stream ``evaluator``: console, TensorBoard, JSONL) and marks the checkpoint done per
+partition with a results file in its folder (see ``JobFolder``), so a restarted evaluator skips
+what is done. It stops once the final step (``num_train_steps``) is
 evaluated, or when no new checkpoint has appeared for ``eval_timeout_in_s``.
 """
 
@@ -12,29 +13,27 @@ from __future__ import annotations
 
 import logging
 import time
-from pathlib import Path
 
+import torch
 import torch.distributed as dist
 
-from projects.home.recap.config import RecapConfig
-from projects.home.recap.evaluation.evaluator import (
-    Evaluation,
-    build_evaluation,
-    write_results,
+from projects.home.recap.build import (
+    build_sharded_model,
+    load_trained_model,
+    model_input_spec,
+    per_rank_batch_size,
 )
-from projects.home.recap.training import build_sharded_model
-from tml.checkpoint import checkpoint_folder, complete_steps, load_checkpoint
+from projects.home.recap.config import RecapConfig
+from projects.home.recap.evaluation.evaluator import Evaluation, build_evaluation, write_results
+from projects.home.recap.inputs import InputSpec
+from projects.home.recap.job_folder import JobFolder, MetricStream
+from tml.checkpoint import checkpoint_folder, complete_steps
 from tml.core.errors import UserInputError
 from tml.distributed import DistributedEnvironment
 
 logger = logging.getLogger(__name__)
 
 _POLL_SECONDS = 5.0
-
-
-def results_file(folder: Path, partition: str) -> Path:
-    """Where a checkpoint's results for one partition are written, marking it done."""
-    return folder / f"evaluated_{partition}.json"
 
 
 class CheckpointFollower:
@@ -44,6 +43,7 @@ class CheckpointFollower:
         config: The training job's config.
         environment: This process's place in the evaluator job.
         evaluation: The partitions and their loggers.
+        model: The sharded model each checkpoint is loaded into.
         poll_seconds: How often to look for new checkpoints.
     """
 
@@ -52,17 +52,15 @@ class CheckpointFollower:
         config: RecapConfig,
         environment: DistributedEnvironment,
         evaluation: Evaluation,
+        model: torch.nn.Module,
         poll_seconds: float = _POLL_SECONDS,
     ) -> None:
         self.config = config
         self.environment = environment
         self.evaluation = evaluation
-        self.directory = Path(config.training.save_dir) / "checkpoints"
+        self.model = model
+        self.directory = JobFolder(config.training.save_dir).checkpoints
         self.poll_seconds = poll_seconds
-        first = next(iter(config.validation_data.values()))
-        self.model = build_sharded_model(
-            config, environment, first.global_batch_size // environment.world_size
-        )
 
     def run(self) -> list[int]:
         """Follows the job until its final step is evaluated or it goes quiet; returns the
@@ -109,34 +107,37 @@ class CheckpointFollower:
         return [
             partition.name
             for partition in self.evaluation.partitions
-            if not results_file(folder, partition.name).exists()
+            if not JobFolder.evaluation_results(folder, partition.name).exists()
         ]
 
     def _evaluate(self, step: int, pending: list[str]) -> None:
         # A training job's checkpoint_max_to_keep may prune this folder while it is read; the
         # oldest unevaluated one is taken first, so a follower that keeps up is not affected.
         folder = checkpoint_folder(self.directory, step)
-        state = {"model": self.model.state_dict()}
-        load_checkpoint(folder, state, self.environment.rank)
-        self.model.load_state_dict(state["model"])
+        load_trained_model(self.model, folder, self.environment)
         partitions = [p for p in self.evaluation.partitions if p.name in pending]
         evaluation = Evaluation(partitions, self.evaluation.loggers, self.environment)
         results = evaluation(self.model, step)
         if self.environment.is_main:
             for name, metrics in results.items():
-                write_results(results_file(folder, name), step, metrics)
+                write_results(JobFolder.evaluation_results(folder, name), step, metrics)
             if step >= self.config.training.num_train_steps:
                 logger.info("evaluated the final step %d", step)
 
 
 def run_evaluator(config: RecapConfig, environment: DistributedEnvironment) -> list[int]:
-    """``--mode evaluate``: see the module docstring."""
-    evaluation = build_evaluation(config, environment, stream="evaluator")
+    """``--mode evaluate``: see the module docstring. Returns the steps evaluated."""
+    inputs: InputSpec = model_input_spec(config)
+    evaluation = build_evaluation(config, environment, MetricStream.EVALUATOR, inputs)
     if evaluation is None:
         raise UserInputError(
             "evaluate mode needs validation_data partitions and training.num_eval_steps != 0"
         )
     try:
-        return CheckpointFollower(config, environment, evaluation).run()
+        first = next(iter(config.validation_data.values()))
+        model = build_sharded_model(
+            config, environment, inputs, per_rank_batch_size(first, environment.world_size)
+        )
+        return CheckpointFollower(config, environment, evaluation, model).run()
     finally:
         evaluation.close()

@@ -6,10 +6,10 @@ import numpy as np
 import pyarrow.parquet as pq
 import torch
 
-from projects.home.recap.config import JobMode, RecapConfig
-from projects.home.recap.data.dataset import build_dataset
-from projects.home.recap.data.generate_random_data import generate_dataset, main
+from projects.home.recap.config import RecapConfig
+from projects.home.recap.data.dataset import ReadOptions, build_dataset
 from projects.home.recap.data.parquet_format import METADATA_KEY
+from projects.home.recap.tools.generate_random_data import generate_dataset, main
 from tml.core.config import load_config_from_yaml
 
 LOCAL_CPU = Path(__file__).parents[5] / "projects/home/recap/config/local_cpu.yaml"
@@ -30,11 +30,11 @@ def test_cli_writes_each_partition_where_the_config_reads_it(tmp_path, monkeypat
 
     config = load_config_from_yaml(RecapConfig, LOCAL_CPU)
     tasks = list(config.model.tasks)
-    evaluation = build_dataset(config.train_data, mode=JobMode.EVALUATE, tasks=tasks)
+    evaluation = build_dataset(config.train_data, options=ReadOptions.evaluation(), tasks=tasks)
     assert [batch.batch_size for batch in evaluation] == [256, 44]
     validation = build_dataset(
         config.validation_data["validation"],
-        mode=JobMode.EVALUATE,
+        options=ReadOptions.evaluation(),
         tasks=tasks,
         large_embeddings=config.model.large_embeddings,
     )

@@ -1,6 +1,6 @@
 """Writes synthetic, schema-conformant Parquet data whose labels a model can learn.
 
-    python -m projects.home.recap.data.generate_random_data --config_path CFG \\
+    python -m projects.home.recap.tools.generate_random_data --config_path CFG \\
         --num_examples N [--num_files K] [--output_dir D] [--seed S] [--partition NAME]
 
 The data imitates the real thing where it matters to training and to the file format:
@@ -446,7 +446,7 @@ def _draw_rows(
 def main(argv: list[str] | None = None) -> int:
     """Command-line entry point; returns the exit status."""
     parser = argparse.ArgumentParser(
-        prog="python -m projects.home.recap.data.generate_random_data",
+        prog="python -m projects.home.recap.tools.generate_random_data",
         description="Write synthetic, learnable Parquet data for a ranker config.",
     )
     parser.add_argument("--config_path", required=True, help="YAML config of the ranker.")

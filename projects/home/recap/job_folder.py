@@ -1,0 +1,134 @@
+"""The job folder: every path a job reads or writes under its ``save_dir``, in one place.
+
+Layout::
+
+    <save_dir>/
+      checkpoints/step_<N>/          torch.distributed.checkpoint folders (tml.checkpoint)
+        evaluated_<partition>.json   the evaluator's results for that checkpoint and partition
+      train.jsonl, eval.jsonl, evaluator.jsonl     metric streams, one JSON record per log step
+      tensorboard/<stream>/          TensorBoard event files of each stream
+      predictions/step_<N>/predictions-<rank>-of-<world size>.parquet
+      exports/step_<N>.pt2           servable exports
+
+Modes, the report and tests ask this class for paths; none of them spells a name under
+``save_dir`` itself.
+"""
+
+from __future__ import annotations
+
+import enum
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+from tml.checkpoint import CheckpointNotFoundError, is_complete, latest_complete_folder
+from tml.observability.metric_loggers import MetricLoggers, build_metric_loggers
+
+
+class MetricStream(enum.StrEnum):
+    """The metric streams a job writes, each to its own JSONL file and TensorBoard folder."""
+
+    TRAIN = "train"  # losses, learning rates and throughput of the training loop
+    EVAL = "eval"  # in-training evaluation of the validation partitions
+    EVALUATOR = "evaluator"  # the checkpoint follower (--mode evaluate)
+
+
+class JobFolder:
+    """The paths under one job's ``save_dir``.
+
+    Args:
+        save_dir: The job's ``training.save_dir``.
+    """
+
+    CHECKPOINTS = "checkpoints"
+    PREDICTIONS = "predictions"
+    EXPORTS = "exports"
+    TENSORBOARD = "tensorboard"
+
+    def __init__(self, save_dir: str | os.PathLike) -> None:
+        self.root = Path(save_dir)
+
+    def __repr__(self) -> str:
+        return f"JobFolder({str(self.root)!r})"
+
+    # Checkpoints ------------------------------------------------------------------------------
+
+    @property
+    def checkpoints(self) -> Path:
+        """The folder of the job's step folders."""
+        return self.root / self.CHECKPOINTS
+
+    def find_checkpoint(self, path: str | os.PathLike | None = None) -> Path:
+        """A complete checkpoint folder: ``path`` itself, the newest under ``path`` (a folder of
+        checkpoints or another job's save_dir), or by default this job's newest.
+
+        Raises:
+            CheckpointNotFoundError: naming the path that holds no complete checkpoint.
+        """
+        where = Path(path) if path is not None else self.root
+        if is_complete(where):
+            return where
+        for candidate in (where, JobFolder(where).checkpoints):
+            folder = latest_complete_folder(candidate)
+            if folder is not None:
+                return folder
+        raise CheckpointNotFoundError(f"no complete checkpoint in {where}")
+
+    @staticmethod
+    def evaluation_results(checkpoint: Path, partition: str) -> Path:
+        """Where the evaluator writes a checkpoint's results for one partition (marking it
+        done); it lives in the checkpoint folder so it goes when the checkpoint is pruned."""
+        return checkpoint / f"evaluated_{partition}.json"
+
+    # Metric streams ---------------------------------------------------------------------------
+
+    def metrics_file(self, stream: MetricStream) -> Path:
+        """The JSONL file of a metric stream."""
+        return self.root / f"{stream.value}.jsonl"
+
+    def tensorboard_dir(self, stream: MetricStream) -> Path:
+        """The TensorBoard event folder of a metric stream."""
+        return self.root / self.TENSORBOARD / stream.value
+
+    def metric_loggers(
+        self,
+        stream: MetricStream,
+        *,
+        is_main: bool,
+        console_shows: Callable[[str], bool] | None = None,
+    ) -> MetricLoggers:
+        """Console, JSONL and TensorBoard loggers of a stream (none on ranks other than 0)."""
+        return build_metric_loggers(
+            name=stream.value,
+            jsonl_path=self.metrics_file(stream),
+            tensorboard_dir=self.tensorboard_dir(stream),
+            is_main=is_main,
+            console_shows=console_shows,
+        )
+
+    # Predictions and exports ------------------------------------------------------------------
+
+    def predictions_dir(self, checkpoint: Path) -> Path:
+        """The default folder for the predictions scored with ``checkpoint``."""
+        return self.root / self.PREDICTIONS / checkpoint.name
+
+    @staticmethod
+    def predictions_file(directory: Path, rank: int, world_size: int) -> Path:
+        """One rank's predictions file in a predictions folder."""
+        return directory / f"predictions-{rank}-of-{world_size}.parquet"
+
+    @staticmethod
+    def predictions_files(directory: Path) -> list[Path]:
+        """Every rank's predictions file in a predictions folder, sorted."""
+        return sorted(directory.glob("predictions-*-of-*.parquet"))
+
+    def all_predictions_files(self) -> list[Path]:
+        """The predictions files of every checkpoint scored into the default folders."""
+        root = self.root / self.PREDICTIONS
+        if not root.is_dir():
+            return []
+        return [path for child in sorted(root.iterdir()) for path in self.predictions_files(child)]
+
+    def export_file(self, checkpoint: Path) -> Path:
+        """The default servable export of ``checkpoint``."""
+        return self.root / self.EXPORTS / f"{checkpoint.name}.pt2"

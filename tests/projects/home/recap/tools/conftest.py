@@ -1,0 +1,5 @@
+"""The data tests' tiny schema and config, for the generator's tests."""
+
+from ..data.conftest import make_config, schema_path
+
+__all__ = ["make_config", "schema_path"]
