@@ -18,6 +18,7 @@ from projects.home.recap.config import RecapConfig
 from projects.home.recap.data.config import RecapDataConfig
 from projects.home.recap.data.dataset import ReadOptions, RecapDataset, build_dataset
 from projects.home.recap.data.features import build_input_spec
+from projects.home.recap.data.sharing import per_rank_batch_size
 from projects.home.recap.inputs import InputSpec
 from projects.home.recap.model.model_and_loss import ModelAndLoss, build_model_and_loss
 from projects.home.recap.sharding import shard_model
@@ -26,18 +27,9 @@ from tml.core.errors import UserInputError
 from tml.distributed import DistributedEnvironment
 
 
-def per_rank_batch_size(data_config: RecapDataConfig, world_size: int) -> int:
-    """Examples each rank reads per step: the global batch shared evenly among the ranks.
-
-    Raises:
-        UserInputError: the global batch does not divide by the number of ranks.
-    """
-    if data_config.global_batch_size % world_size:
-        raise UserInputError(
-            f"global_batch_size: {data_config.global_batch_size} does not divide by the "
-            f"{world_size} ranks"
-        )
-    return data_config.global_batch_size // world_size
+def rank_batch_size(data_config: RecapDataConfig, environment: DistributedEnvironment) -> int:
+    """Examples this job's ranks each read per step of ``data_config``."""
+    return per_rank_batch_size(data_config.global_batch_size, environment.world_size)
 
 
 def accumulation_steps(config: RecapConfig) -> int:
@@ -114,12 +106,12 @@ def build_sharded_model(
     config: RecapConfig,
     environment: DistributedEnvironment,
     inputs: InputSpec,
-    per_rank_batch_size: int,
+    batch_size: int,
 ) -> DistributedModelParallel:
     """The model with its loss, large tables sharded across ranks, dense part replicated.
 
     Every rank builds the same initial weights (seeded), so a job starts identically on any
-    number of ranks.
+    number of ranks. ``batch_size`` (examples per rank per step) feeds the planner's costs.
     """
     torch.manual_seed(config.training.seed)
     model = build_model_and_loss(config.model, inputs)
@@ -127,7 +119,7 @@ def build_sharded_model(
         model,
         config.model.large_embeddings,
         environment,
-        per_rank_batch_size=per_rank_batch_size,
+        per_rank_batch_size=batch_size,
         replicate_tables=accumulation_steps(config) > 1,
     )
 

@@ -21,7 +21,7 @@ from projects.home.recap.build import (
     build_sharded_model,
     load_trained_model,
     model_input_spec,
-    per_rank_batch_size,
+    rank_batch_size,
 )
 from projects.home.recap.config import RecapConfig
 from projects.home.recap.evaluation.evaluator import Evaluation, build_evaluation, write_results
@@ -136,7 +136,7 @@ def run_evaluator(config: RecapConfig, environment: DistributedEnvironment) -> l
     try:
         first = next(iter(config.validation_data.values()))
         model = build_sharded_model(
-            config, environment, inputs, per_rank_batch_size(first, environment.world_size)
+            config, environment, inputs, rank_batch_size(first, environment)
         )
         return CheckpointFollower(config, environment, evaluation, model).run()
     finally:

@@ -19,7 +19,7 @@ from projects.home.recap.build import (
     build_sharded_model,
     build_train_data,
     model_input_spec,
-    per_rank_batch_size,
+    rank_batch_size,
     unwrap,
 )
 from projects.home.recap.config import RecapConfig
@@ -55,7 +55,7 @@ def build_trainer(
         batches, inputs = dataset, dataset.input_spec
     else:
         inputs = model_input_spec(config)
-    batch_size = per_rank_batch_size(config.train_data, environment.world_size)
+    batch_size = rank_batch_size(config.train_data, environment)
     model = build_sharded_model(config, environment, inputs, batch_size)
     optimizer, scheduler = build_optimizer(
         model, unwrap(model).parameter_groups(), config.optimizer, config.model.large_embeddings

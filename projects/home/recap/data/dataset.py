@@ -41,7 +41,7 @@ from projects.home.recap.data.pipeline import ordered_map
 from projects.home.recap.data.preprocess import Preprocessor, build_preprocessor
 from projects.home.recap.data.reader import FileFormat
 from projects.home.recap.data.reading import WindowReader, open_files, read_segments
-from projects.home.recap.data.sharing import DatasetError, share_row_groups
+from projects.home.recap.data.sharing import DatasetError, per_rank_batch_size, share_row_groups
 from projects.home.recap.embedding.config import LargeEmbeddingsConfig
 from projects.home.recap.inputs import InputSpec, RecapBatch
 
@@ -125,16 +125,11 @@ class RecapDataset(torch.utils.data.IterableDataset):
         super().__init__()
         if world_size < 1 or not 0 <= rank < world_size:
             raise DatasetError(f"rank {rank} is not in a world of {world_size} ranks")
-        if config.global_batch_size % world_size:
-            raise DatasetError(
-                f"global_batch_size: {config.global_batch_size} does not divide by the "
-                f"{world_size} ranks"
-            )
         self.config = config
         self.options = options
         self.tasks = list(tasks)
         self.rank, self.world_size, self.seed = rank, world_size, seed
-        self.batch_size = config.global_batch_size // world_size
+        self.batch_size = per_rank_batch_size(config.global_batch_size, world_size)
         self.plan: FeaturePlan = plan_features(
             config,
             tasks=self.tasks,

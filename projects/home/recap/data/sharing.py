@@ -56,6 +56,19 @@ class Share:
         return digest.hexdigest()[:16]
 
 
+def per_rank_batch_size(global_batch_size: int, world_size: int) -> int:
+    """Examples each rank reads per step: the global batch shared evenly among the ranks.
+
+    Raises:
+        DatasetError: the global batch does not divide by the number of ranks.
+    """
+    if global_batch_size % world_size:
+        raise DatasetError(
+            f"global_batch_size: {global_batch_size} does not divide by the {world_size} ranks"
+        )
+    return global_batch_size // world_size
+
+
 def balanced_owners(sizes: Sequence[int], ranks: int) -> list[int]:
     """The rank each item goes to: largest first, to the least loaded rank (ties: lowest), the
     same on every rank."""
