@@ -53,8 +53,8 @@ run: $(STAMP) $(RUN_DIR)/data/.generated
 	rm -rf $(RUN_DIR)/model
 	$(TORCHRUN) -m projects.home.recap.main --config_path $(RUN_CONFIG)
 	$(TORCHRUN) -m projects.home.recap.main --config_path $(RUN_CONFIG) --mode inference
-	$(BIN)/python -m projects.home.recap.export --config_path $(RUN_CONFIG) --output $(RUN_DIR)/model/ranker.pt2
-	@$(BIN)/python -m projects.home.recap.evaluation.report --config_path $(RUN_CONFIG)
+	$(BIN)/tml-recap-export --config_path $(RUN_CONFIG)
+	@$(BIN)/tml-recap-report --config_path $(RUN_CONFIG)
 
 $(RUN_DIR)/data/.generated: | $(STAMP)
 	rm -rf $(RUN_DIR)/data
