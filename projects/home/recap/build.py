@@ -37,6 +37,11 @@ def accumulation_steps(config: RecapConfig) -> int:
     return config.training.gradient_accumulation or 1
 
 
+def replicates_tables(config: RecapConfig) -> bool:
+    """Whether the large tables must be replicated: only they can accumulate gradients."""
+    return accumulation_steps(config) > 1
+
+
 # Data ------------------------------------------------------------------------------------------
 
 
@@ -107,11 +112,14 @@ def build_sharded_model(
     environment: DistributedEnvironment,
     inputs: InputSpec,
     batch_size: int,
+    *,
+    saved_plan: str | None = None,
 ) -> DistributedModelParallel:
     """The model with its loss, large tables sharded across ranks, dense part replicated.
 
     Every rank builds the same initial weights (seeded), so a job starts identically on any
-    number of ranks. ``batch_size`` (examples per rank per step) feeds the planner's costs.
+    number of ranks. ``batch_size`` (examples per rank per step) feeds the planner's costs;
+    ``saved_plan`` (a ``tml-recap-plan --json`` file) replaces the planner.
     """
     torch.manual_seed(config.training.seed)
     model = build_model_and_loss(config.model, inputs)
@@ -120,7 +128,8 @@ def build_sharded_model(
         config.model.large_embeddings,
         environment,
         per_rank_batch_size=batch_size,
-        replicate_tables=accumulation_steps(config) > 1,
+        replicate_tables=replicates_tables(config),
+        saved_plan=saved_plan,
     )
 
 

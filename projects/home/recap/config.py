@@ -69,6 +69,13 @@ class TrainingConfig(BaseConfig):
     seed: int = Field(
         0, description="Seed of parameter initialisation, data shuffling and dropout."
     )
+    sharding_plan: str | None = Field(
+        None,
+        description="A plan written by tml-recap-plan --json: train mode places the large "
+        "tables as it says instead of planning (null: plan at start). It must be made for this "
+        "model's tables and the job's world size, ranks per machine and device, which is "
+        "checked before training. Evaluation and inference plan for their own ranks.",
+    )
 
 
 class RecapConfig(BaseConfig):
@@ -182,6 +189,15 @@ class RecapConfig(BaseConfig):
                     "gradient accumulation needs the dense kernel of replicated tables",
                     (*where, "compute_kernels"),
                 )
+        return self
+
+    @pydantic.model_validator(mode="after")
+    def _check_sharding_plan(self) -> RecapConfig:
+        if self.training.sharding_plan is not None and self.model.large_embeddings is None:
+            raise ConfigValueError(
+                "a sharding plan places large tables, and model.large_embeddings has none",
+                ("training", "sharding_plan"),
+            )
         return self
 
     @pydantic.model_validator(mode="after")

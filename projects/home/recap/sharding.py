@@ -2,30 +2,43 @@
 
 The planner (torchrec's ``EmbeddingShardingPlanner``) sees the job's topology, the per-rank
 batch size and the per-table constraints from the embedding config, and every rank runs the same
-plan (computed on rank 0 and broadcast). Dense parameters are replicated and data-parallel.
+plan (computed on rank 0 and broadcast), unless the job names a plan saved by
+``tml-recap-plan --json`` (checked against the model and the job, then used as it is). The same
+planner settings serve that command, which plans any topology without its hardware. Dense
+parameters are replicated and data-parallel.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+from pathlib import Path
 
+import pydantic
 import torch
 import torch.distributed as dist
+from torch.distributed._shard.sharding_spec import EnumerableShardingSpec, ShardMetadata
 from torchrec.distributed.model_parallel import DistributedModelParallel
 from torchrec.distributed.planner import EmbeddingShardingPlanner
+from torchrec.distributed.planner.enumerators import EmbeddingEnumerator
 from torchrec.distributed.planner.storage_reservations import FixedPercentageStorageReservation
 from torchrec.distributed.planner.types import (
     HardwareConfig,
     KernelConfig,
     ParameterConstraints,
     PlannerError,
+    ShardingOption,
+    Storage,
     Topology,
     TopologyFactory,
     TrainerConfig,
 )
-from torchrec.distributed.sharding_plan import get_default_sharders
-from torchrec.distributed.types import ParameterSharding, ShardingPlan
+from torchrec.distributed.sharding_plan import get_default_sharders, placement
+from torchrec.distributed.types import (
+    EmbeddingModuleShardingPlan,
+    ParameterSharding,
+    ShardingPlan,
+)
 from torchrec.modules.embedding_modules import EmbeddingBagCollection
 from torchrec.optim.apply_optimizer_in_backward import apply_optimizer_in_backward
 
@@ -33,7 +46,10 @@ from projects.home.recap.embedding.config import LargeEmbeddingsConfig
 from projects.home.recap.sharding_config import (
     CPU_COMPUTE_KERNELS,
     CPU_SHARDING_TYPES,
+    KERNELS_OF_SHARDING,
     ComputeKernel,
+    PlannedTable,
+    SavedPlan,
     ShardingType,
 )
 from tml.core.errors import UserInputError
@@ -41,8 +57,8 @@ from tml.distributed import DistributedEnvironment
 
 logger = logging.getLogger(__name__)
 
-# Share of device memory the planner leaves to dense parameters, activations and buffers.
-_RESERVED_MEMORY = 0.15
+# Share of each rank's memory the planner leaves to dense parameters, activations and buffers.
+RESERVED_MEMORY = 0.15
 
 
 class ShardingError(UserInputError):
@@ -86,25 +102,188 @@ def table_constraints(
     return constraints
 
 
+def hardware_topology(
+    *,
+    world_size: int,
+    local_world_size: int,
+    compute_device: str,
+    hbm_bytes_per_rank: int | None,
+    ddr_bytes_per_rank: int,
+) -> Topology:
+    """A topology of identical ranks, built through torchrec's TopologyFactory as torchrec 1.8
+    asks; it needs no process group, so any cluster can be planned from one machine.
+
+    Args:
+        world_size: Ranks in the job.
+        local_world_size: Ranks per machine.
+        compute_device: "cuda" or "cpu".
+        hbm_bytes_per_rank: Device memory of a rank (None on CPU).
+        ddr_bytes_per_rank: Host memory of a rank.
+    """
+    return TopologyFactory.create_topology(
+        trainer_config=TrainerConfig(world_size=world_size, local_world_size=local_world_size),
+        hardware_config=HardwareConfig(
+            hbm_cap_bytes=hbm_bytes_per_rank, ddr_cap_bytes=ddr_bytes_per_rank
+        ),
+        kernel_config=KernelConfig(compute_device=compute_device),
+    )
+
+
 def build_topology(environment: DistributedEnvironment) -> Topology:
-    """The job's topology, built through torchrec's TopologyFactory as torchrec 1.8 asks."""
+    """This job's topology: its ranks, this machine's device memory and a share of its host's."""
     device_type = environment.device.type
-    memory_per_rank = _host_memory_bytes() // max(1, environment.local_world_size)
-    hardware = HardwareConfig(
-        hbm_cap_bytes=(
+    return hardware_topology(
+        world_size=environment.world_size,
+        local_world_size=environment.local_world_size,
+        compute_device=device_type,
+        hbm_bytes_per_rank=(
             torch.cuda.get_device_properties(environment.device).total_memory
             if device_type == "cuda"
             else None
         ),
-        ddr_cap_bytes=memory_per_rank,
+        ddr_bytes_per_rank=_host_memory_bytes() // max(1, environment.local_world_size),
     )
-    return TopologyFactory.create_topology(
-        trainer_config=TrainerConfig(
-            world_size=environment.world_size, local_world_size=environment.local_world_size
-        ),
-        hardware_config=hardware,
-        kernel_config=KernelConfig(compute_device=device_type),
-    )
+
+
+class TablePlanner:
+    """torchrec's planner with the job's settings; it keeps the sharding options it chose (their
+    memory and time estimates), and explains a failure by the tables and the shortfall.
+
+    Args:
+        topology: The ranks to place the tables on.
+        per_rank_batch_size: Examples per rank per step; the planner's cost model uses it.
+        constraints: Per-table constraints (:func:`table_constraints`).
+        log_stats: Let torchrec log its own summary of the plan.
+    """
+
+    def __init__(
+        self,
+        topology: Topology,
+        per_rank_batch_size: int,
+        constraints: dict[str, ParameterConstraints],
+        *,
+        log_stats: bool = True,
+    ) -> None:
+        self.topology = topology
+        # Built here rather than left to the planner, to read what they computed after a failure.
+        self._enumerator = EmbeddingEnumerator(
+            topology=topology, batch_size=per_rank_batch_size, constraints=constraints
+        )
+        self._reservation = FixedPercentageStorageReservation(RESERVED_MEMORY)
+        self.chosen: list[ShardingOption] = []
+        self._planner = EmbeddingShardingPlanner(
+            topology=topology,
+            batch_size=per_rank_batch_size,
+            enumerator=self._enumerator,
+            storage_reservation=self._reservation,
+            constraints=constraints,
+            debug=False,
+            stats=None if log_stats else [],
+            callbacks=[self._keep],
+        )
+
+    def plan(
+        self,
+        model: torch.nn.Module,
+        sharders: list,
+        process_group: dist.ProcessGroup | None = None,
+    ) -> ShardingPlan:
+        """Plans ``model``'s tables: here, or on rank 0 of ``process_group`` and broadcast.
+
+        Raises:
+            ShardingError: when no placement fits, naming the tables and the shortfall.
+        """
+        try:
+            if process_group is None:
+                return self._planner.plan(model, sharders)
+            return self._planner.collective_plan(model, sharders, process_group)
+        except PlannerError as error:
+            # Only the planner's own verdict (tables too large for the devices, constraints no
+            # sharder can meet) is a placement problem; anything else, such as a peer's
+            # connection reset during the plan's broadcast, propagates with its real cause.
+            raise ShardingError(self._no_placement(error)) from error
+
+    def usable_topology(self) -> Topology:
+        """The topology less the memory reserved for everything but the tables (after a plan)."""
+        reserved = self._reservation.last_reserved_topology
+        return reserved if reserved is not None else self.topology
+
+    def _keep(self, options: list[ShardingOption]) -> list[ShardingOption]:
+        self.chosen = options
+        return options
+
+    def _no_placement(self, error: PlannerError) -> str:
+        head = f"torchrec's planner found no placement for the tables ({error.error_type.value})"
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else repr(error)
+        options: dict[str, list[ShardingOption]] = {}
+        for option in self._enumerator.last_stored_search_space or []:
+            options.setdefault(option.name, []).append(option)
+        reserved = self._reservation.last_reserved_topology
+        if not options or reserved is None:
+            return f"{head}: {reason}"
+        shortfall = _shortfall(options, reserved)
+        return f"{head}: {shortfall or reason}"
+
+
+def _shortfall(options: dict[str, list[ShardingOption]], usable: Topology) -> str | None:
+    """Why no placement fits, from lower bounds on what each table needs; None if none shows.
+
+    The checks go from the most specific to the least: a table none of whose placements fits a
+    rank; a memory tier that even each table's smallest use of it overflows; the sum of both.
+    """
+    rank = usable.devices[0].storage
+    ranks = len(usable.devices)
+    too_big = []
+    for name, choices in options.items():
+        if not any(all(shard.storage.fits_in(rank) for shard in o.shards) for o in choices):
+            # Among equally small placements, name a sharded one: replication is never smaller.
+            smallest = min(
+                choices,
+                key=lambda o: (
+                    max(_total(s.storage) for s in o.shards),
+                    o.sharding_type == ShardingType.DATA_PARALLEL.value,
+                ),
+            )
+            largest_shard = max((s.storage for s in smallest.shards), key=_total)
+            too_big.append(
+                f"{name} (at least {_gib(largest_shard.hbm)} GiB HBM + "
+                f"{_gib(largest_shard.ddr)} GiB DDR on one rank, {smallest.sharding_type} on "
+                f"{smallest.compute_kernel})"
+            )
+    if too_big:
+        return (
+            f"{'; '.join(too_big)} does not fit a rank's {_gib(rank.hbm)} GiB HBM + "
+            f"{_gib(rank.ddr)} GiB DDR left for tables: use larger devices or allow more "
+            "sharding_types / compute_kernels for it"
+        )
+    capacity = {"HBM": sum(d.storage.hbm for d in usable.devices)}
+    capacity["DDR"] = sum(d.storage.ddr for d in usable.devices)
+    capacity["HBM + DDR"] = capacity["HBM"] + capacity["DDR"]
+    need_of = {
+        "HBM": lambda o: sum(s.storage.hbm for s in o.shards),
+        "DDR": lambda o: sum(s.storage.ddr for s in o.shards),
+        "HBM + DDR": lambda o: sum(_total(s.storage) for s in o.shards),
+    }
+    for tier, need in need_of.items():
+        least = {name: min(need(o) for o in choices) for name, choices in options.items()}
+        total = sum(least.values())
+        if total > capacity[tier]:
+            named = sorted(least, key=least.__getitem__, reverse=True)
+            return (
+                f"tables {', '.join(f'{n} ({_gib(least[n])} GiB)' for n in named)} need at "
+                f"least {_gib(total)} GiB of {tier}, the {ranks} ranks have "
+                f"{_gib(capacity[tier])} GiB for tables: short by "
+                f"{_gib(total - capacity[tier])} GiB"
+            )
+    return None
+
+
+def _total(storage: Storage) -> int:
+    return storage.hbm + storage.ddr
+
+
+def _gib(size: float) -> str:
+    return f"{size / 2**30:.1f}"
 
 
 def shard_model(
@@ -114,8 +293,9 @@ def shard_model(
     *,
     per_rank_batch_size: int,
     replicate_tables: bool = False,
+    saved_plan: str | None = None,
 ) -> DistributedModelParallel:
-    """Plans the large tables' placement and wraps ``model`` in DistributedModelParallel.
+    """Places the large tables and wraps ``model`` in DistributedModelParallel.
 
     Tables built on the ``meta`` device are materialised on their shards. Tables on the fused
     kernel are trained by a fused SGD whose rate the scheduler sets every step.
@@ -126,6 +306,10 @@ def shard_model(
         environment: This process's place in the job.
         per_rank_batch_size: Examples per rank per step; the planner's cost model uses it.
         replicate_tables: See :func:`table_constraints`.
+        saved_plan: A plan written by ``tml-recap-plan --json``, used instead of planning.
+
+    Raises:
+        ShardingError: when no placement fits, or the saved plan does not match the job.
     """
     sharders = get_default_sharders()
     constraints: dict[str, ParameterConstraints] = {}
@@ -133,33 +317,173 @@ def shard_model(
         constraints = table_constraints(
             large_embeddings, environment.device.type, replicate_tables=replicate_tables
         )
-        tables = _large_embedding_parameters(model, [t.name for t in large_embeddings.tables])
-        # The rate is a placeholder: the scheduler sets the scheduled rate before every step.
-        apply_optimizer_in_backward(
-            torch.optim.SGD, tables, {"lr": large_embeddings.optimizer.init_learning_rate}
-        )
-    planner = EmbeddingShardingPlanner(
-        topology=build_topology(environment),
-        batch_size=per_rank_batch_size,
-        constraints=constraints,
-        storage_reservation=FixedPercentageStorageReservation(_RESERVED_MEMORY),
-        debug=False,
-    )
-    try:
-        plan = planner.collective_plan(model, sharders, dist.GroupMember.WORLD)
-    except PlannerError as error:
-        # Only the planner's own verdict (tables too large for the devices, constraints no
-        # sharder can meet) is a placement problem; anything else, such as a peer's connection
-        # reset during the plan's broadcast, propagates with its real cause.
-        reason = str(error).strip().splitlines()[0] if str(error).strip() else repr(error)
-        raise ShardingError(
-            f"torchrec's planner found no placement for the tables ({error.error_type.value}): "
-            f"{reason}"
-        ) from error
-
+        attach_table_optimizer(model, large_embeddings)
+    if saved_plan is not None:
+        # Checked before anything is materialised, so a wrong plan fails at once.
+        plan = load_saved_plan(saved_plan, model, constraints, environment)
+        if environment.is_main:
+            logger.info("using the saved sharding plan %s instead of planning", saved_plan)
+    else:
+        planner = TablePlanner(build_topology(environment), per_rank_batch_size, constraints)
+        plan = planner.plan(model, sharders, dist.GroupMember.WORLD)
     if environment.is_main and plan.plan:
         logger.info("sharding plan:\n%s", format_plan(plan))
     return DistributedModelParallel(model, device=environment.device, plan=plan, sharders=sharders)
+
+
+def attach_table_optimizer(model: torch.nn.Module, large_embeddings: LargeEmbeddingsConfig) -> None:
+    """Gives the large tables their fused SGD, before planning: the sharders and the planner's
+    memory estimates read the optimizer from the parameters."""
+    tables = _large_embedding_parameters(model, [t.name for t in large_embeddings.tables])
+    # The rate is a placeholder: the scheduler sets the scheduled rate before every step.
+    apply_optimizer_in_backward(
+        torch.optim.SGD, tables, {"lr": large_embeddings.optimizer.init_learning_rate}
+    )
+
+
+def model_tables(model: torch.nn.Module) -> dict[tuple[str, str], tuple[int, int]]:
+    """``(module path, table name) -> (rows, dim)`` of every EmbeddingBagCollection's tables."""
+    return {
+        (path, table.name): (table.num_embeddings, table.embedding_dim)
+        for path, module in model.named_modules()
+        if isinstance(module, EmbeddingBagCollection)
+        for table in module.embedding_bag_configs()
+    }
+
+
+def load_saved_plan(
+    path: str,
+    model: torch.nn.Module,
+    constraints: dict[str, ParameterConstraints],
+    environment: DistributedEnvironment,
+) -> ShardingPlan:
+    """Reads a plan written by ``tml-recap-plan --json`` and checks it fits this job.
+
+    Args:
+        path: The JSON file.
+        model: The model whose tables the plan must place, each with its shape.
+        constraints: The tables' constraints on this device; the plan must honour them.
+        environment: The job: the plan must be made for its world size, machines and device.
+
+    Raises:
+        ShardingError: one line saying what does not match.
+    """
+    where = f"training.sharding_plan {path}"
+    try:
+        saved = SavedPlan.model_validate_json(Path(path).read_bytes())
+    except OSError as error:
+        raise ShardingError(f"{where}: cannot read it ({error.strerror})") from None
+    except pydantic.ValidationError as error:
+        first = error.errors(include_url=False)[0]
+        location = ".".join(str(part) for part in first["loc"])
+        raise ShardingError(
+            f"{where}: not a plan written by tml-recap-plan --json "
+            f"({location + ': ' if location else ''}{first['msg']})"
+        ) from None
+    made_for = (saved.world_size, saved.local_world_size, saved.compute_device)
+    job = (environment.world_size, environment.local_world_size, environment.device.type)
+    if made_for != job:
+        raise ShardingError(
+            f"{where}: made for {_describe_job(*made_for)}, but this job runs "
+            f"{_describe_job(*job)}; plan again with tml-recap-plan for this job"
+        )
+    tables = model_tables(model)
+    planned = {(table.module, table.name): table for table in saved.tables}
+    if len(planned) != len(saved.tables):
+        raise ShardingError(f"{where}: places a table twice")
+    missing = sorted(f"{m}.{n}" for m, n in tables.keys() - planned.keys())
+    unknown = sorted(f"{m}.{n}" for m, n in planned.keys() - tables.keys())
+    if missing or unknown:
+        raise ShardingError(
+            f"{where}: does not match the model's tables (not in the plan: {missing or 'none'}; "
+            f"not in the model: {unknown or 'none'})"
+        )
+    plan: dict[str, EmbeddingModuleShardingPlan] = {}
+    for key, table in planned.items():
+        _check_planned_table(table, tables[key], constraints.get(table.name), saved.world_size)
+        plan.setdefault(table.module, EmbeddingModuleShardingPlan())[table.name] = (
+            _parameter_sharding(table, environment)
+        )
+    return ShardingPlan(plan)
+
+
+def _describe_job(world_size: int, local_world_size: int, device: str) -> str:
+    return f"{world_size} ranks ({local_world_size} per machine) on {device}"
+
+
+def _check_planned_table(
+    table: PlannedTable,
+    shape: tuple[int, int],
+    constraint: ParameterConstraints | None,
+    world_size: int,
+) -> None:
+    where = f"training.sharding_plan: table {table.name}"
+    if (table.rows, table.dim) != shape:
+        raise ShardingError(
+            f"{where} is {table.rows} x {table.dim} in the plan but {shape[0]} x {shape[1]} in "
+            "the model"
+        )
+    allowed = {
+        "sharding type": (table.sharding_type, constraint.sharding_types if constraint else None),
+        "compute kernel": (
+            table.compute_kernel,
+            constraint.compute_kernels if constraint else None,
+        ),
+    }
+    for what, (chosen, choices) in allowed.items():
+        if choices is not None and chosen.value not in choices:
+            raise ShardingError(
+                f"{where}: {what} {chosen.value} is not allowed by its config on this device "
+                f"(allowed: {choices})"
+            )
+    if table.compute_kernel not in KERNELS_OF_SHARDING[table.sharding_type]:
+        raise ShardingError(
+            f"{where}: torchrec has no {table.compute_kernel.value} kernel for "
+            f"{table.sharding_type.value} tables"
+        )
+    outside = sorted({s.rank for s in table.shards if s.rank >= world_size})
+    if outside:
+        raise ShardingError(f"{where}: shards on ranks {outside} of a {world_size}-rank job")
+    if table.sharding_type == ShardingType.DATA_PARALLEL:
+        whole = all(
+            s.offsets == [0, 0] and s.sizes == [table.rows, table.dim] for s in table.shards
+        )
+        if not whole or sorted(s.rank for s in table.shards) != list(range(world_size)):
+            raise ShardingError(f"{where}: a data_parallel table needs one whole copy per rank")
+        return
+    inside = all(
+        s.offsets[0] + s.sizes[0] <= table.rows and s.offsets[1] + s.sizes[1] <= table.dim
+        for s in table.shards
+    )
+    area = sum(s.sizes[0] * s.sizes[1] for s in table.shards)
+    if not inside or area != table.rows * table.dim:
+        raise ShardingError(f"{where}: its shards do not tile the {table.rows} x {table.dim} table")
+
+
+def _parameter_sharding(
+    table: PlannedTable, environment: DistributedEnvironment
+) -> ParameterSharding:
+    # The same fields torchrec's planner fills for a table without cache or kernel options.
+    replicated = table.sharding_type == ShardingType.DATA_PARALLEL
+    return ParameterSharding(
+        sharding_type=table.sharding_type.value,
+        compute_kernel=table.compute_kernel.value,
+        ranks=[shard.rank for shard in table.shards],
+        sharding_spec=None
+        if replicated
+        else EnumerableShardingSpec(
+            [
+                ShardMetadata(
+                    shard_offsets=list(shard.offsets),
+                    shard_sizes=list(shard.sizes),
+                    placement=placement(
+                        environment.device.type, shard.rank, environment.local_world_size
+                    ),
+                )
+                for shard in table.shards
+            ]
+        ),
+    )
 
 
 def format_plan(plan: ShardingPlan) -> str:

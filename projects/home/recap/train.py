@@ -56,7 +56,9 @@ def build_trainer(
     else:
         inputs = model_input_spec(config)
     batch_size = rank_batch_size(config.train_data, environment)
-    model = build_sharded_model(config, environment, inputs, batch_size)
+    model = build_sharded_model(
+        config, environment, inputs, batch_size, saved_plan=config.training.sharding_plan
+    )
     optimizer, scheduler = build_optimizer(
         model, unwrap(model).parameter_groups(), config.optimizer, config.model.large_embeddings
     )

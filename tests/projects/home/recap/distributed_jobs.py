@@ -8,6 +8,7 @@ step, only split differently.
 from __future__ import annotations
 
 import copy
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -201,3 +202,24 @@ def fail_while_checkpointing(config: RecapConfig) -> dict[str, Any]:
         except ValueError:  # writing to a closed file
             loggers_open = False
         return {"complete": is_complete(folder), "loggers_open": loggers_open}
+
+
+class _Kept(logging.Handler):
+    def __init__(self, messages: list[str]) -> None:
+        super().__init__(logging.INFO)
+        self.messages = messages
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.messages.append(record.getMessage())
+
+
+def train_job_with_sharding_log(config: RecapConfig) -> tuple[int, list[str]]:
+    """:func:`train_job`, returning also what this rank logged about the tables' placement."""
+    messages: list[str] = []
+    handler = _Kept(messages)
+    sharding_logger = logging.getLogger("projects.home.recap.sharding")
+    sharding_logger.addHandler(handler)
+    try:
+        return train_job(config), messages
+    finally:
+        sharding_logger.removeHandler(handler)
