@@ -314,8 +314,10 @@ def _roles(data_config: RecapDataConfig) -> dict[str, str]:
     return {role: renamed[role] for role in ROLES if role in renamed}
 
 
-def _split_points(data_config: RecapDataConfig, roles: dict[str, str]) -> dict[str, list[int]]:
-    """Truncation points of the config, so its reader decodes only what it keeps."""
+def config_split_points(data_config: RecapDataConfig) -> dict[str, list[int]]:
+    """Truncation points of the config, so its reader decodes only what it keeps (the column
+    cuts of :class:`WriteOptions` that every writer of data for this config should use)."""
+    roles = _roles(data_config)
     steps = data_config.preprocess
     if steps is None or steps.truncate_and_slice is None:
         return {}
@@ -362,7 +364,7 @@ def generate_dataset(
     labels = [name for name in data_config.tasks if name in schema]
     world = World(schema, roles, labels)
     if options is None:
-        options = WriteOptions(split_points=_split_points(data_config, roles))
+        options = WriteOptions(split_points=config_split_points(data_config))
     os.makedirs(output_dir, exist_ok=True)
     ours = {f"part-{index:05d}.parquet" for index in range(num_files)}
     others = sorted(set(os.listdir(output_dir)) - ours)
@@ -471,9 +473,8 @@ def main(argv: list[str] | None = None) -> int:
         config = load_config_from_yaml(RecapConfig, args.config_path, args.overrides)
         data_config = _partition(config, args.partition)
         output_dir = args.output_dir or default_output_dir(data_config)
-        roles = _roles(data_config)
         options = WriteOptions(
-            row_group_size=args.row_group_size, split_points=_split_points(data_config, roles)
+            row_group_size=args.row_group_size, split_points=config_split_points(data_config)
         )
         generate_dataset(
             data_config,

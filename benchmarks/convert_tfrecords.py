@@ -1,0 +1,220 @@
+"""Throughput of the TFRecord converter on the full 2022 schema, beside tf.data's read rate.
+
+    .venv/bin/python benchmarks/convert_tfrecords.py [--num_examples 8192] [--num_files 4]
+        [--tf_python /tmp/tfenv/bin/python]
+
+Writes production-shaped synthetic examples (the data generator, local_prod.yaml's schema: 6000
+continuous, 512 binary, 320 discrete, 13 labels, 3 ids, three 200-wide embeddings) as gzipped
+TFRecords of tf.Example, then prints records/s of:
+
+* the converter's stages in one process: framing (gzip, both checksums), then tf.Example
+  decoding into columns;
+* the whole command in one process (read, checksums, decode, write zstd Parquet);
+* the converter with one process per core (``--num_workers`` = CPU count);
+* tf.data reading the same files (TFRecordDataset + parse_example of every feature, batches of
+  512, one thread), when a Python with TensorFlow is given or importable here; otherwise that
+  line says it is skipped. The ratio compares per-process rates (the goal is >= 2).
+
+Compare ratios within one run: the machine is shared, absolute rates move with its load.
+"""
+
+from __future__ import annotations
+
+import argparse
+import glob
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import numpy as np  # noqa: E402
+import pyarrow.parquet as pq  # noqa: E402
+
+from projects.home.recap.config import RecapConfig  # noqa: E402
+from projects.home.recap.data.schema import load_schema  # noqa: E402
+from projects.home.recap.data.tf_example import ExampleColumns, encode_example  # noqa: E402
+from projects.home.recap.data.tfrecord import iter_records, write_records  # noqa: E402
+from projects.home.recap.tools.generate_random_data import generate_dataset  # noqa: E402
+from tml.core.config import load_config_from_yaml  # noqa: E402
+
+CONFIG = ROOT / "projects/home/recap/config/local_prod.yaml"
+REPEATS = 2
+
+# Runs under a Python with TensorFlow: the original's read path over the same files, one thread.
+TF_SCRIPT = r"""
+import json, sys, time
+import tensorflow as tf
+schema_path, repeats, files = sys.argv[1], int(sys.argv[2]), sys.argv[3:]
+tf.config.threading.set_intra_op_parallelism_threads(1)
+tf.config.threading.set_inter_op_parallelism_threads(1)
+kinds = {"float_list": (tf.float32, 0.0), "int64_list": (tf.int64, 0)}
+spec = {
+    e["feature_name"]: tf.io.FixedLenFeature(
+        [e["length"]], kinds[e["dtype"]][0], [kinds[e["dtype"]][1]] * e["length"]
+    )
+    for e in json.load(open(schema_path))["schema"]
+}
+options = tf.data.Options()
+options.threading.private_threadpool_size = 1
+dataset = (
+    tf.data.TFRecordDataset(files, compression_type="GZIP")
+    .batch(512)
+    .map(lambda records: tf.io.parse_example(records, spec))
+    .with_options(options)
+)
+best = 0.0
+for _ in range(repeats):
+    start, count = time.perf_counter(), 0
+    for batch in dataset:
+        count += int(next(iter(batch.values())).shape[0])
+        {name: value.numpy() for name, value in batch.items()}
+    best = max(best, count / (time.perf_counter() - start))
+print(json.dumps({"records_per_s": best}))
+"""
+
+
+def write_tfrecords(folder: str, num_examples: int, num_files: int) -> tuple[list[str], str]:
+    """Generated examples as gzipped TFRecord files; returns them and the schema path."""
+    config = load_config_from_yaml(RecapConfig, CONFIG, [])
+    schema_path = config.train_data.seg_dense_schema.schema_path
+    schema = load_schema(schema_path)
+    parquet_dir = os.path.join(folder, "generated")
+    generate_dataset(
+        config.train_data, parquet_dir, num_examples=num_examples, num_files=num_files, seed=1
+    )
+    paths = []
+    for index, path in enumerate(sorted(glob.glob(f"{parquet_dir}/*.parquet"))):
+        table = pq.read_table(path)
+        layout = json.loads(table.schema.metadata[b"tml.segdense"])["layout"]
+        features = {}
+        for spec in schema:
+            parts = [
+                np.stack(table.column(column).to_numpy(zero_copy_only=False))
+                if spec.length > 1
+                else table.column(column).to_numpy()[:, None]
+                for column, _, _ in layout[spec.name]
+            ]
+            features[spec.name] = np.concatenate(parts, axis=1)
+        records = (
+            encode_example({name: values[row] for name, values in features.items()})
+            for row in range(table.num_rows)
+        )
+        output = os.path.join(folder, "tfrecords", f"part-{index:05d}.tfrecord.gz")
+        os.makedirs(os.path.dirname(output), exist_ok=True)
+        write_records(output, records, "gzip")
+        paths.append(output)
+    return paths, schema_path
+
+
+def stage_rates(files: list[str], schema_path: str) -> dict[str, float]:
+    """Records/s of the converter's stages in this process: framing with checksums (and gzip),
+    then tf.Example decoding into columns on top."""
+    schema = load_schema(schema_path)
+    rates = {"read": 0.0, "read + decode": 0.0}
+    for _ in range(REPEATS):
+        start, count = time.perf_counter(), 0
+        for path in files:
+            for _ in iter_records(path):
+                count += 1
+        rates["read"] = max(rates["read"], count / (time.perf_counter() - start))
+        start = time.perf_counter()
+        for path in files:
+            columns = ExampleColumns(schema)
+            for _, data in iter_records(path):
+                columns.add(data)
+                if len(columns) == 2048:
+                    columns.take()
+            columns.take()
+        rates["read + decode"] = max(rates["read + decode"], count / (time.perf_counter() - start))
+    return rates
+
+
+def converter_rate(folder: str, schema_path: str, scratch: str, workers: int) -> float:
+    """Records/s of the whole command (worker start-up included), best of REPEATS runs."""
+    best = 0.0
+    for repeat in range(REPEATS):
+        output = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "projects.home.recap.tools.convert_tfrecords",
+                folder,
+                "--output_dir",
+                os.path.join(scratch, f"out-{workers}-{repeat}"),
+                "--schema_path",
+                schema_path,
+                "--num_workers",
+                str(workers),
+                "--no_progress",
+            ],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+        # "converted N files (...): R rows, ..., S s, X records/s"
+        rate = float(output.split(" s, ")[1].split(" records/s")[0].replace(",", ""))
+        best = max(best, rate)
+    return best
+
+
+def tf_python(requested: str | None) -> str | None:
+    if requested:
+        return requested
+    if importlib.util.find_spec("tensorflow") is not None:
+        return sys.executable
+    return None
+
+
+def tf_rate(python: str, files: list[str], schema_path: str) -> float:
+    output = subprocess.run(
+        [python, "-c", TF_SCRIPT, schema_path, str(REPEATS), *files],
+        capture_output=True,
+        text=True,
+    )
+    if output.returncode:
+        raise RuntimeError(f"the tf.data script failed:\n{output.stderr[-3000:]}")
+    return json.loads(output.stdout.strip().splitlines()[-1])["records_per_s"]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--num_examples", type=int, default=8192)
+    parser.add_argument("--num_files", type=int, default=4)
+    parser.add_argument("--tf_python", help="A Python with tensorflow-cpu, for tf.data's rate.")
+    args = parser.parse_args()
+    cores = os.cpu_count() or 1
+    with tempfile.TemporaryDirectory() as scratch:
+        files, schema_path = write_tfrecords(scratch, args.num_examples, args.num_files)
+        size = sum(os.path.getsize(path) for path in files)
+        print(
+            f"{args.num_examples} examples of the full 2022 schema in {len(files)} gzipped "
+            f"TFRecord files ({size / 1e6:.1f} MB)"
+        )
+        folder = os.path.dirname(files[0])
+        for stage, rate in stage_rates(files, schema_path).items():
+            print(f"  stage {stage + ':':<30} {rate:9,.0f} records/s")
+        one = converter_rate(folder, schema_path, scratch, 1)
+        print(f"converter (+ Parquet write), 1 process: {one:9,.0f} records/s")
+        every = converter_rate(folder, schema_path, scratch, cores)
+        print(f"converter, {cores} processes:{'':<17}{every:9,.0f} records/s ({every / one:.2f}x)")
+        python = tf_python(args.tf_python)
+        if python is None:
+            print("tf.data: skipped (TensorFlow is not importable; pass --tf_python)")
+            return
+        reference = tf_rate(python, files, schema_path)
+        print(
+            f"tf.data read + parse, 1 thread: {reference:9,.0f} records/s; converter per process "
+            f"/ tf.data = {one / reference:.2f}"
+        )
+
+
+if __name__ == "__main__":
+    main()
