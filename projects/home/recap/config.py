@@ -69,6 +69,12 @@ class TrainingConfig(BaseConfig):
     seed: int = Field(
         0, description="Seed of parameter initialisation, data shuffling and dropout."
     )
+    collective_timeout_in_s: pydantic.PositiveFloat = Field(
+        900.0,
+        description="How long a collective (and joining the process group) waits for the "
+        "slowest rank before the job fails instead of hanging. Longer than the slowest "
+        "checkpoint write or evaluation pass, during which the other ranks may wait.",
+    )
     sharding_plan: str | None = Field(
         None,
         description="A plan written by tml-recap-plan --json: train mode places the large "

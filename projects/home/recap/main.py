@@ -10,6 +10,7 @@ mode, tear down.
 from __future__ import annotations
 
 import argparse
+import datetime
 import enum
 import os
 import sys
@@ -71,7 +72,8 @@ def main(argv: list[str] | None = None) -> int:
         return USER_ERROR_EXIT
 
     def run() -> None:
-        with distributed_environment() as environment:
+        timeout = datetime.timedelta(seconds=config.training.collective_timeout_in_s)
+        with distributed_environment(timeout=timeout) as environment:
             MODES[JobMode(args.mode)](config, environment)
 
     several = int(os.environ.get("WORLD_SIZE", 1)) > 1

@@ -4,6 +4,7 @@ import torch.distributed as dist
 
 from tml.core.errors import UserInputError
 from tml.distributed import init_distributed
+from tml.distributed.environment import check_restartable
 
 
 def test_single_process_without_torchrun_gets_a_group(single_process_group):
@@ -26,3 +27,12 @@ def test_half_a_launcher_environment_is_refused(monkeypatch):
     with pytest.raises(UserInputError, match="launch with torchrun"):
         init_distributed("cpu")
     assert not dist.is_initialized()
+
+
+def test_restarts_sharing_the_agents_rendezvous_store_are_refused():
+    shared = {"TORCHELASTIC_MAX_RESTARTS": "2", "TORCHELASTIC_USE_AGENT_STORE": "True"}
+    with pytest.raises(UserInputError, match="TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1"):
+        check_restartable(shared)
+    # A store per round of workers, or no restarts at all, cannot read a dead round's addresses.
+    check_restartable({**shared, "TORCHELASTIC_USE_AGENT_STORE": "False"})
+    check_restartable({**shared, "TORCHELASTIC_MAX_RESTARTS": "0"})

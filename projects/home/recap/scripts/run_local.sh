@@ -1,14 +1,16 @@
 #!/usr/bin/env bash
-# Train the ranker with torchrun on this machine.
+# Train the ranker with torchrun on this machine, restarting failed workers (see
+# docs/operations.md).
 #
 #   projects/home/recap/scripts/run_local.sh [CONFIG] [dotted.path=value ...]
 #
-# NPROC_PER_NODE (default 2) processes on one node. For several nodes run, on every node:
-#   torchrun --nnodes N --nproc_per_node P --rdzv_backend c10d \
-#       --rdzv_endpoint HOST:29400 --rdzv_id JOB -m projects.home.recap.main --config_path CFG
+# NPROC_PER_NODE (default 2) processes on one node; MAX_RESTARTS as in docker/entrypoint.sh,
+# which launches it. For several nodes run, on every node:
+#   NNODES=N NPROC_PER_NODE=P RDZV_ENDPOINT=HOST:29400 RDZV_ID=JOB docker/entrypoint.sh \
+#       --config_path CFG
 set -euo pipefail
 cd "$(dirname "$0")/../../../.."
 config="${1:-projects/home/recap/config/local_cpu.yaml}"
 shift || true
-exec .venv/bin/torchrun --standalone --nnodes 1 --nproc_per_node "${NPROC_PER_NODE:-2}" \
-    -m projects.home.recap.main --config_path "$config" "$@"
+PATH="$PWD/.venv/bin:$PATH" NPROC_PER_NODE="${NPROC_PER_NODE:-2}" \
+    exec docker/entrypoint.sh --config_path "$config" "$@"
