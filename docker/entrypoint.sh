@@ -24,4 +24,36 @@ launch+=(--max-restarts "${MAX_RESTARTS:-3}")
 # A fresh rendezvous store for each round of workers: with the shared one, restarted workers
 # read the dead ones' addresses and hang (pytorch/pytorch#135712).
 export TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1
-exec torchrun "${launch[@]}" -m projects.home.recap.main "$@"
+
+# SIGTERM and SIGUSR1 (preemption) go to the workers, not to torchrun: they agree on a step to
+# stop at, checkpoint and exit 0, and torchrun with them. torchrun itself would answer SIGTERM by
+# terminating the workers and exiting with an error. Job control gives torchrun a process group
+# of its own, where a background job would otherwise ignore Ctrl-C; SIGINT is passed on to it.
+set -m
+torchrun "${launch[@]}" -m projects.home.recap.main "$@" &
+agent=$!
+
+workers() {
+    local stat line fields
+    for stat in /proc/[0-9]*/stat; do
+        { read -r line < "$stat"; } 2>/dev/null || continue
+        fields=(${line##*) })  # after the command name: state, parent pid, ...
+        if [ "${fields[1]}" = "$agent" ]; then echo "${line%% *}"; fi
+    done
+}
+
+forward() {
+    local pid
+    for pid in $(workers); do kill -s "$1" "$pid" 2>/dev/null || true; done
+}
+
+trap 'forward TERM' TERM
+trap 'forward USR1' USR1
+trap 'kill -s INT "$agent" 2>/dev/null || true' INT
+while true; do
+    status=0
+    wait "$agent" || status=$?
+    # wait also returns when a trapped signal arrives; only a finished torchrun ends the loop.
+    kill -0 "$agent" 2>/dev/null || break
+done
+exit "$status"

@@ -34,6 +34,7 @@ from tml.distributed import DistributedEnvironment
 from tml.observability.metric_loggers import MetricLoggers
 from tml.optimizers.scheduler import LearningRateScheduler
 from tml.training.data_position import PositionTrackingIterator, StatefulBatches
+from tml.training.preemption import StopRequest
 
 logger = logging.getLogger(__name__)
 
@@ -78,6 +79,8 @@ class Trainer:
         evaluate: Called with the model and the step every ``eval_every_n`` steps and at the end.
         extra_metrics: Called on every rank at each log step for more metrics to log (it may
             run collectives).
+        stop_request: Checked before every step (a collective); once any rank has received a
+            stop signal, every rank stops there with a checkpoint and without evaluating.
     """
 
     def __init__(
@@ -93,6 +96,7 @@ class Trainer:
         settings: LoopSettings,
         evaluate: Evaluate | None = None,
         extra_metrics: Callable[[], Mapping[str, float]] | None = None,
+        stop_request: StopRequest | None = None,
     ) -> None:
         self.model = model
         self.optimizer = optimizer
@@ -104,6 +108,8 @@ class Trainer:
         self.settings = settings
         self.evaluate = evaluate
         self.extra_metrics = extra_metrics
+        self.stop_request = stop_request
+        self.stopped_early = False
         self.step = 0
         self._first_step = 0
         self.wall_time = 0.0
@@ -179,6 +185,9 @@ class Trainer:
         rates: Mapping[str, float] = {}
         with self._progress_bar() as bar:
             while self.step < settings.num_train_steps:
+                if self.stop_request is not None and self.stop_request.agreed():
+                    self._announce_stop()
+                    break
                 started = time.perf_counter()
                 rates = self.scheduler.apply(self.step)
                 for _ in range(settings.gradient_accumulation):
@@ -194,11 +203,27 @@ class Trainer:
                 self._after_step(rates, iterator, pipeline)
         if self._interval.steps:
             self._log(rates)
-        if self.step % settings.checkpoint_every_n != 0:
+        # Stopped before its first step, a resumed job already has its checkpoint.
+        if self.step % settings.checkpoint_every_n != 0 and self.step > self._first_step:
             self._save_checkpoint(iterator)
-        if self.evaluate is not None and not self._evaluated_at(self.step):
+        evaluate = self.evaluate is not None and not self._evaluated_at(self.step)
+        if evaluate and not self.stopped_early:  # a preempted job has no time to evaluate
             self._run_evaluation(pipeline)
         self.checkpoints.wait()
+        if self.stopped_early:
+            logger.info("stopped at step %d with a checkpoint; a relaunch resumes there", self.step)
+
+    def _announce_stop(self) -> None:
+        self.stopped_early = True
+        received = self.stop_request.received if self.stop_request is not None else None
+        if received is not None:
+            # Every rank that received the signal says so: the one that did may not be rank 0.
+            logger.warning(
+                "rank %d received %s: every rank stops after step %d",
+                self.environment.rank,
+                received.name,
+                self.step,
+            )
 
     def _after_step(
         self,

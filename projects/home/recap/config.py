@@ -75,6 +75,14 @@ class TrainingConfig(BaseConfig):
         "slowest rank before the job fails instead of hanging. Longer than the slowest "
         "checkpoint write or evaluation pass, during which the other ranks may wait.",
     )
+    preemption_grace_period_in_s: pydantic.PositiveFloat = Field(
+        25.0,
+        description="After SIGTERM or SIGUSR1 reaches any rank, every rank stops at the next "
+        "step boundary, writes a checkpoint and exits 0; a rank not done within this many "
+        "seconds exits 1 instead. Keep it below the orchestrator's own grace period "
+        "(Kubernetes terminationGracePeriodSeconds, default 30 s; torchrun --shutdown-timeout, "
+        "default 30 s) and above the time of one step plus one checkpoint write.",
+    )
     sharding_plan: str | None = Field(
         None,
         description="A plan written by tml-recap-plan --json: train mode places the large "

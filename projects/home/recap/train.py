@@ -32,6 +32,7 @@ from projects.home.recap.optimizer.optimizer import build_optimizer
 from tml.checkpoint import CheckpointManager
 from tml.distributed import DistributedEnvironment
 from tml.training.data_position import StatefulBatches
+from tml.training.preemption import StopRequest
 from tml.training.trainer import LoopSettings, Trainer
 
 logger = logging.getLogger(__name__)
@@ -41,6 +42,7 @@ def build_trainer(
     config: RecapConfig,
     environment: DistributedEnvironment,
     batches: StatefulBatches | None = None,
+    stop_request: StopRequest | None = None,
 ) -> Trainer:
     """Everything a training run needs, built in data-flow order; the trainer owns (and closes)
     what holds resources.
@@ -49,6 +51,7 @@ def build_trainer(
         config: The job.
         environment: This process's place in it.
         batches: Training batches to use instead of ``train_data`` (tests feed fixed ones).
+        stop_request: Stop signals the trainer heeds at step boundaries.
     """
     if batches is None:
         dataset: RecapDataset = build_train_data(config, environment)
@@ -101,6 +104,7 @@ def build_trainer(
             ),
             evaluate=evaluation,
             extra_metrics=table_norms(model, config.model.large_embeddings, environment.device),
+            stop_request=stop_request,
         )
         # Built without error: the trainer now owns every resource and closes it.
         resources.pop_all()
@@ -149,7 +153,10 @@ def run_training(
     if environment.device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
-    with build_trainer(config, environment, batches) as trainer:
+    # Installed before the (slow) build, so that a SIGTERM while it runs still ends the job
+    # cleanly, at its first step boundary.
+    stop_request = StopRequest(config.training.preemption_grace_period_in_s, environment.rank)
+    with stop_request, build_trainer(config, environment, batches, stop_request) as trainer:
         if not trainer.resume():
             if config.training.initial_checkpoint_dir:
                 job = JobFolder(config.training.save_dir)

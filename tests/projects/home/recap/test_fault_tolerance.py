@@ -1,10 +1,13 @@
 """Faults through the real launcher (docker/entrypoint.sh -> torchrun -> 2 Gloo ranks): a rank
-killed with SIGKILL is restarted and the job ends exactly where an uninterrupted one does."""
+killed with SIGKILL is restarted, a stop signal checkpoints and exits 0, and either way the job
+ends exactly where an uninterrupted one does."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import random
+import re
 import signal
 import subprocess
 import sys
@@ -16,6 +19,7 @@ import torch
 
 from projects.home.recap.config import RecapConfig
 from tests.projects.home.recap.distributed_jobs import full_parameters
+from tml.checkpoint import complete_steps
 from tml.core.config import load_config_from_yaml
 
 pytestmark = pytest.mark.slow
@@ -79,18 +83,20 @@ def launch(run_dir: Path, save_dir: Path, *overrides: str, **env: str) -> subpro
 
 
 def finish(process: subprocess.Popen, timeout: float = 240) -> str:
-    """Waits for the launcher; on a timeout ends its whole session and fails."""
+    """Waits for the launcher; on a timeout kills it and everything under it, and fails."""
     try:
         output, _ = process.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
-        os.killpg(process.pid, signal.SIGKILL)
+        # torchrun runs in a process group of its own (the launcher's job control).
+        for pid in [*descendants(process.pid), process.pid]:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
         output, _ = process.communicate()
         pytest.fail(f"the job hung for {timeout} s:\n{output[-4000:]}")
     return output
 
 
-def workers(launcher: int) -> list[int]:
-    """The training processes under a launcher (torchrun's children, not torchrun itself)."""
+def descendants(root: int) -> list[int]:
     parents: dict[int, int] = {}
     for stat in Path("/proc").glob("[0-9]*/stat"):
         try:
@@ -98,14 +104,19 @@ def workers(launcher: int) -> list[int]:
         except (FileNotFoundError, ProcessLookupError):
             continue
         parents[int(stat.parent.name)] = int(fields[1])
-    descendants, pending = [], [launcher]
+    found, pending = [], [root]
     while pending:
         parent = pending.pop()
         children = [pid for pid, ppid in parents.items() if ppid == parent]
-        descendants.extend(children)
+        found.extend(children)
         pending.extend(children)
+    return found
+
+
+def workers(launcher: int) -> list[int]:
+    """The training processes under a launcher (torchrun's children, not torchrun itself)."""
     found = []
-    for pid in descendants:
+    for pid in descendants(launcher):
         try:
             command = Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")
         except (FileNotFoundError, ProcessLookupError):
@@ -183,4 +194,47 @@ def test_a_killed_rank_is_restarted_and_the_job_ends_exactly(run_dir, uninterrup
     output = finish(process)
     assert process.returncode == 0, output[-4000:]
     assert "resumed from step" in output, output[-4000:]
+    assert_bit_equal(full_parameters(job_config(run_dir, save_dir), STEPS), uninterrupted)
+
+
+def stopped_step(output: str) -> int:
+    match = re.search(r"stopped at step (\d+) with a checkpoint", output)
+    assert match, output[-4000:]
+    return int(match.group(1))
+
+
+def test_a_stop_signal_checkpoints_exits_0_and_the_job_resumes_exactly(run_dir, uninterrupted):
+    save_dir = run_dir / "preempted"
+    checkpoints = save_dir / "checkpoints"
+    grace_s = 25.0  # training.preemption_grace_period_in_s's default
+
+    # SIGTERM to the launcher, as Kubernetes sends it to a container's first process.
+    process = launch(run_dir, save_dir)
+    wait_for(checkpoints / "step_10" / "COMPLETE", process)
+    signalled = time.monotonic()
+    process.send_signal(signal.SIGTERM)
+    output = finish(process)
+    assert process.returncode == 0, output[-4000:]
+    assert time.monotonic() - signalled < grace_s
+    first = stopped_step(output)
+    assert 10 <= first < STEPS and complete_steps(checkpoints)[-1] == first
+    assert re.search(r"rank [01] received SIGTERM: every rank stops after step", output)
+
+    # SIGUSR1 to one rank only (as Slurm's --signal may come): the other stops at the same step.
+    process = launch(run_dir, save_dir)
+    after = (first // CHECKPOINT_EVERY + 1) * CHECKPOINT_EVERY
+    assert after < STEPS
+    wait_for(checkpoints / f"step_{after}" / "COMPLETE", process)
+    victim = random.choice(workers(process.pid))
+    os.kill(victim, signal.SIGUSR1)
+    output = finish(process)
+    assert process.returncode == 0, output[-4000:]
+    second = stopped_step(output)
+    assert after <= second < STEPS and complete_steps(checkpoints)[-1] == second
+    assert "received SIGUSR1" in output
+
+    process = launch(run_dir, save_dir)
+    output = finish(process)
+    assert process.returncode == 0, output[-4000:]
+    assert f"resumed from step {second}" in output
     assert_bit_equal(full_parameters(job_config(run_dir, save_dir), STEPS), uninterrupted)
