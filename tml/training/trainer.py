@@ -35,6 +35,7 @@ from tml.observability.metric_loggers import MetricLoggers
 from tml.optimizers.scheduler import LearningRateScheduler
 from tml.training.data_position import PositionTrackingIterator, StatefulBatches
 from tml.training.preemption import StopRequest
+from tml.training.watchdog import StepWatchdog
 
 logger = logging.getLogger(__name__)
 
@@ -59,6 +60,8 @@ class LoopSettings:
     per_rank_batch_size: int = 1
     autocast_dtype: torch.dtype | None = None
     task_names: tuple[str, ...] = ()
+    # A rank on which no step finishes within this many seconds fails the job (None: never).
+    step_timeout_s: float | None = None
 
 
 class Trainer:
@@ -114,6 +117,7 @@ class Trainer:
         self._first_step = 0
         self.wall_time = 0.0
         self._interval = _IntervalStats(environment.device, len(settings.task_names))
+        self._watchdog = StepWatchdog(settings.step_timeout_s, environment.rank)
 
     # State -----------------------------------------------------------------------------------
 
@@ -183,8 +187,9 @@ class Trainer:
         pipeline = self._build_pipeline()
         self.model.train()
         rates: Mapping[str, float] = {}
-        with self._progress_bar() as bar:
+        with self._progress_bar() as bar, self._watchdog:
             while self.step < settings.num_train_steps:
+                self._watchdog.beat(self.step)
                 if self.stop_request is not None and self.stop_request.agreed():
                     self._announce_stop()
                     break
@@ -302,7 +307,8 @@ class Trainer:
         # plain forward, so the model is detached for the duration.
         model = inner.detach()
         try:
-            self.evaluate(model, self.step)
+            with self._watchdog.paused():
+                self.evaluate(model, self.step)
         finally:
             model.train()
             inner.attach(model)

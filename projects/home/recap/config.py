@@ -75,6 +75,13 @@ class TrainingConfig(BaseConfig):
         "slowest rank before the job fails instead of hanging. Longer than the slowest "
         "checkpoint write or evaluation pass, during which the other ranks may wait.",
     )
+    step_timeout_in_s: pydantic.PositiveFloat | None = Field(
+        900.0,
+        description="A rank on which no training step (with the logging and checkpoint "
+        "staging between steps; evaluation excluded) finishes within this many seconds fails "
+        "the job, naming itself, the step and where it is stuck, then printing its stacks; "
+        "torchrun then restarts the workers or ends the job (null: never).",
+    )
     preemption_grace_period_in_s: pydantic.PositiveFloat = Field(
         25.0,
         description="After SIGTERM or SIGUSR1 reaches any rank, every rank stops at the next "

@@ -101,6 +101,7 @@ def build_trainer(
                 per_rank_batch_size=batch_size,
                 autocast_dtype=torch.bfloat16 if config.training.bf16_autocast else None,
                 task_names=tuple(config.model.tasks),
+                step_timeout_s=config.training.step_timeout_in_s,
             ),
             evaluate=evaluation,
             extra_metrics=table_norms(model, config.model.large_embeddings, environment.device),

@@ -238,3 +238,34 @@ def test_a_stop_signal_checkpoints_exits_0_and_the_job_resumes_exactly(run_dir, 
     assert process.returncode == 0, output[-4000:]
     assert f"resumed from step {second}" in output
     assert_bit_equal(full_parameters(job_config(run_dir, save_dir), STEPS), uninterrupted)
+
+
+def test_a_hung_rank_fails_the_job_within_the_step_timeout_naming_it(run_dir, tmp_path):
+    marker = tmp_path / "hang_started"
+    injection = Path(__file__).parent / "fixtures" / "hang_injection"
+    process = launch(
+        run_dir,
+        tmp_path / "hung",
+        "training.step_timeout_in_s=5",
+        # The peer waits in a collective; its own timeout must not be what ends the job.
+        "training.collective_timeout_in_s=300",
+        MAX_RESTARTS="0",
+        PYTHONPATH=os.pathsep.join([str(injection), str(REPO), os.environ.get("PYTHONPATH", "")]),
+        TML_TEST_HANG_RANK="1",
+        TML_TEST_HANG_AT_STEP="5",
+        TML_TEST_HANG_MARKER=str(marker),
+    )
+    wait_for(marker, process)
+    hung = time.monotonic()
+    output = finish(process, timeout=120)
+    assert process.returncode != 0
+    assert time.monotonic() - hung < 5 + 20, output[-4000:]
+    assert re.search(
+        r"rank 1: no training step finished in 5 s \(training.step_timeout_in_s\), stuck in "
+        r"step 5 at \S*hang_injection/sitecustomize.py:\d+ \(hang_after_step\):",
+        output,
+    ), output[-4000:]
+    # Its peer, if its watchdog fired too, says it was only waiting.
+    for line in output.splitlines():
+        if "rank 0: no training step finished" in line:
+            assert "waiting for another rank in a collective" in line, line
