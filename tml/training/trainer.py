@@ -20,6 +20,7 @@ from typing import Any, Protocol
 
 import torch
 import torch.distributed as dist
+from torch.distributed._shard.sharded_tensor import ShardedTensor
 from torchrec.distributed.train_pipeline import TrainPipelineSparseDist
 from torchrec.distributed.train_pipeline.gradient_accumulation import (
     GradientAccumulationConfig,
@@ -38,6 +39,14 @@ from tml.training.preemption import StopRequest
 from tml.training.watchdog import StepWatchdog
 
 logger = logging.getLogger(__name__)
+
+
+class NonFiniteTrainingError(UserInputError):
+    """The loss or the weights stopped being finite: the job stops without writing them.
+
+    A user error in practice (a learning rate far too high, inputs with huge values): the same
+    config fails the same way when relaunched.
+    """
 
 
 class Evaluate(Protocol):
@@ -117,6 +126,7 @@ class Trainer:
         self._first_step = 0
         self.wall_time = 0.0
         self._interval = _IntervalStats(environment.device, len(settings.task_names))
+        self._finite = _FiniteLossGuard(environment.device)
         self._watchdog = StepWatchdog(settings.step_timeout_s, environment.rank)
 
     # State -----------------------------------------------------------------------------------
@@ -198,6 +208,8 @@ class Trainer:
                 for _ in range(settings.gradient_accumulation):
                     outputs = pipeline.progress(iterator)
                     self._interval.add(outputs)
+                    self._finite.add(outputs["loss"])
+                self._finite.step_done()
                 self.step += 1
                 elapsed = time.perf_counter() - started
                 self.wall_time += elapsed
@@ -275,6 +287,7 @@ class Trainer:
         )
 
     def _log(self, rates: Mapping[str, float]) -> None:
+        self._check_finite(weights=False)
         totals = self._interval.all_reduced()
         steps = self._interval.steps
         elapsed = max(self._interval.elapsed, 1e-9)
@@ -292,7 +305,29 @@ class Trainer:
         self.loggers.log(self.step, metrics)
         self._interval.reset()
 
+    def _check_finite(self, *, weights: bool) -> None:
+        """Raises on every rank when the loss of any step so far, or (``weights``) any weight,
+        on any rank is not finite (a collective)."""
+        first_bad_step = self._finite.first_bad_step()
+        bad_weights = _count_non_finite(self.model.state_dict()) if weights else 0
+        if first_bad_step is None and not bad_weights:
+            return
+        newest = self.checkpoints.latest_step()
+        kept = "none written" if newest is None else f"the newest complete one is step {newest}"
+        what = (
+            f"the loss is not finite from step {first_bad_step}"
+            if first_bad_step is not None
+            else "the loss is finite"
+        )
+        if bad_weights:
+            what += f" and {bad_weights} weight tensors (counted per rank) are not"
+        raise NonFiniteTrainingError(
+            f"{what} (checked at step {self.step}): stopping without a checkpoint ({kept}); "
+            "lower the learning rates or check the inputs for huge values"
+        )
+
     def _save_checkpoint(self, iterator: PositionTrackingIterator) -> None:
+        self._check_finite(weights=True)
         consumed = (self.step - self._first_step) * self.settings.gradient_accumulation
         rank_state = {
             "data": iterator.position_after(consumed),
@@ -384,3 +419,51 @@ class _IntervalStats:
         count = max(float(sums[-1]), 1.0)
         means = (sums / count).tolist()
         return {"loss": means[0], "task_losses": means[1:-1]}
+
+
+class _FiniteLossGuard:
+    """Remembers, on the device, the first step whose loss was not finite; read only at log and
+    checkpoint steps, so a GPU job does not wait for the device at every step."""
+
+    def __init__(self, device: torch.device) -> None:
+        self._step = torch.zeros((), dtype=torch.int64, device=device)
+        self._first_bad = torch.full((), -1, dtype=torch.int64, device=device)
+        self._bad_now = torch.zeros((), dtype=torch.bool, device=device)
+
+    def add(self, loss: torch.Tensor) -> None:
+        self._bad_now |= ~torch.isfinite(loss.detach()).all()
+
+    def step_done(self) -> None:
+        self._step += 1
+        first = self._bad_now & (self._first_bad < 0)
+        self._first_bad = torch.where(first, self._step, self._first_bad)
+        self._bad_now.zero_()
+
+    def first_bad_step(self) -> int | None:
+        """The first step (over all ranks) whose loss was not finite (a collective)."""
+        # The earliest over ranks: MIN with "none" as the largest value.
+        none = torch.iinfo(torch.int64).max
+        first = torch.where(self._first_bad < 0, none, self._first_bad).reshape(1).cpu()
+        if dist.is_initialized() and dist.get_world_size() > 1:
+            dist.all_reduce(first, op=dist.ReduceOp.MIN)
+        value = int(first.item())
+        return None if value == none else value
+
+
+def _count_non_finite(state: Mapping[str, Any]) -> int:
+    """Non-finite floating tensors in a model state dict, over all ranks (a collective)."""
+    count = 0
+    for value in state.values():
+        if isinstance(value, ShardedTensor):
+            tensors = [shard.tensor for shard in value.local_shards()]
+        elif isinstance(value, torch.Tensor):
+            tensors = [value]
+        else:
+            continue
+        count += sum(
+            1 for tensor in tensors if tensor.is_floating_point() and not tensor.isfinite().all()
+        )
+    total = torch.tensor([count], dtype=torch.int64)
+    if dist.is_initialized() and dist.get_world_size() > 1:
+        dist.all_reduce(total)
+    return int(total.item())
