@@ -20,18 +20,21 @@ def add_config_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def exit_status(command: Callable[[], object], *, prefix: str = "", show: bool = True) -> int:
+def exit_status(
+    command: Callable[[], object], *, prefix: str = "", show: bool = True, rank: int = 0
+) -> int:
     """Runs ``command``: 0, or ``error: <message>`` on stderr and 2 for a user mistake.
 
     Args:
         command: The work of the command line.
         prefix: Put before ``error:`` (e.g. the rank).
         show: Print the message (False where another process prints the same one).
+        rank: This process's rank: of an error every rank raises, only rank 0 prints its copy.
     """
     try:
         command()
     except UserInputError as error:
-        if show:
+        if show and (rank == 0 or not error.same_on_every_rank):
             print(f"{prefix}error: {error}", file=sys.stderr)
         return USER_ERROR_EXIT
     return 0

@@ -4,6 +4,7 @@ from tml.distributed.environment import (
     DistributedEnvironment,
     distributed_environment,
     init_distributed,
+    lost_peer,
     shutdown_distributed,
 )
 
@@ -11,5 +12,6 @@ __all__ = [
     "DistributedEnvironment",
     "distributed_environment",
     "init_distributed",
+    "lost_peer",
     "shutdown_distributed",
 ]

@@ -140,6 +140,30 @@ def check_restartable(environment: Mapping[str, str]) -> None:
         )
 
 
+# How Gloo and NCCL report that the process at the other end of a connection went away.
+_LOST_PEER_MESSAGES = (
+    "Connection closed by peer",
+    "Connection reset by peer",
+    "Broken pipe",
+    "remote process exited or there was a network error",
+)
+
+
+def lost_peer(error: BaseException) -> str | None:
+    """The backend's one-line reason when ``error`` says another rank went away, else None.
+
+    Such an error is a consequence: the rank that went away printed (or its launcher reports)
+    the cause, and this rank's 50-line traceback would bury it.
+    """
+    if not isinstance(error, RuntimeError):
+        return None
+    message = str(error)
+    for phrase in _LOST_PEER_MESSAGES:
+        if phrase in message:
+            return phrase
+    return None
+
+
 def shutdown_distributed() -> None:
     """Leaves the process group, if one was joined."""
     if dist.is_initialized():

@@ -48,6 +48,8 @@ class NonFiniteTrainingError(UserInputError):
     config fails the same way when relaunched.
     """
 
+    same_on_every_rank = True  # the ranks agree on the check over a collective
+
 
 class Evaluate(Protocol):
     """Evaluates the model at a step; owns resources (loaders, loggers) released by close."""

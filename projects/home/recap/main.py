@@ -23,8 +23,11 @@ from projects.home.recap.train import run_training
 from tml.core.cli import USER_ERROR_EXIT, add_config_arguments, exit_status
 from tml.core.config import load_config_from_yaml
 from tml.core.errors import UserInputError
-from tml.distributed import DistributedEnvironment, distributed_environment
+from tml.distributed import DistributedEnvironment, distributed_environment, lost_peer
 from tml.observability.logging import setup_logging
+
+# A rank that stopped because another went away (the failure is that rank's, not this one's).
+PEER_LOST_EXIT = 1
 
 
 class JobMode(enum.StrEnum):
@@ -58,7 +61,11 @@ def build_argument_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Runs the chosen mode; a mistake in config or data is one line on stderr and exit 2."""
+    """Runs the chosen mode; a mistake in config or data is one line on stderr and exit 2.
+
+    Under torchrun, the rank that finds a mistake prints it; an error every rank agrees on is
+    printed by rank 0; a rank that only lost its connection to a failed one says so in a line.
+    """
     args = build_argument_parser().parse_args(argv)
     # torchrun's variables name this process's rank before the process group exists; logging is
     # set up first so that everything, the distributed set-up included, logs through it.
@@ -77,7 +84,16 @@ def main(argv: list[str] | None = None) -> int:
             MODES[JobMode(args.mode)](config, environment)
 
     several = int(os.environ.get("WORLD_SIZE", 1)) > 1
-    return exit_status(run, prefix=f"[rank {rank}] " if several else "")
+    prefix = f"[rank {rank}] " if several else ""
+    try:
+        return exit_status(run, prefix=prefix, rank=rank)
+    except RuntimeError as error:
+        reason = lost_peer(error) if several else None
+        if reason is None:
+            raise
+        # Another rank failed first and said why; this one only lost its connection to it.
+        print(f"{prefix}stopped: another rank went away ({reason})", file=sys.stderr)
+        return PEER_LOST_EXIT
 
 
 if __name__ == "__main__":

@@ -8,12 +8,14 @@ import contextlib
 import os
 import random
 import re
+import shutil
 import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+import pyarrow.parquet as pq
 import pytest
 import torch
 
@@ -269,3 +271,18 @@ def test_a_hung_rank_fails_the_job_within_the_step_timeout_naming_it(run_dir, tm
     for line in output.splitlines():
         if "rank 0: no training step finished" in line:
             assert "waiting for another rank in a collective" in line, line
+
+
+def test_a_mistake_one_rank_finds_is_its_one_line_and_the_peer_stops_quietly(run_dir, tmp_path):
+    shutil.copytree(run_dir / "data", tmp_path / "data")
+    # Rank 1 reads the second file, left with a schema and no rows.
+    second = sorted((tmp_path / "data" / "train").glob("*.parquet"))[1]
+    pq.write_table(pq.read_table(second).slice(0, 0), second)
+    process = launch(tmp_path, tmp_path / "model", MAX_RESTARTS="0")
+    output = finish(process)
+    assert process.returncode != 0
+    errors = [line for line in output.splitlines() if "error:" in line]
+    assert len(errors) == 1, output[-4000:]
+    assert errors[0].startswith("[rank 1] error: ") and "none of the 2 files" in errors[0]
+    assert "[rank 0] stopped: another rank went away" in output
+    assert "[rank0]: Traceback" not in output and "GLHF" not in output, output[-4000:]
