@@ -116,6 +116,12 @@ def init_distributed(
     return environment
 
 
+class UnsafeRestartError(UserInputError):
+    """torchrun would restart the workers into a hang (every worker finds it at once)."""
+
+    same_on_every_rank = True
+
+
 def check_restartable(environment: Mapping[str, str]) -> None:
     """Refuses a torchrun launch whose automatic restarts would hang.
 
@@ -132,7 +138,7 @@ def check_restartable(environment: Mapping[str, str]) -> None:
     """
     restarts = int(environment.get("TORCHELASTIC_MAX_RESTARTS", "0"))
     if restarts > 0 and environment.get("TORCHELASTIC_USE_AGENT_STORE") == "True":
-        raise UserInputError(
+        raise UnsafeRestartError(
             f"torchrun --max-restarts {restarts} would hang when it restarts: the workers share "
             f"the rendezvous store of the agent (pytorch/pytorch#135712); set "
             f"{UNSHARED_STORE_VARIABLE}=1 in torchrun's environment with the c10d rendezvous "

@@ -4,14 +4,11 @@ ends exactly where an uninterrupted one does."""
 
 from __future__ import annotations
 
-import contextlib
 import os
 import random
 import re
 import shutil
 import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -19,156 +16,29 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from projects.home.recap.config import RecapConfig
 from tests.projects.home.recap.distributed_jobs import full_parameters
+from tests.projects.home.recap.launched_jobs import (
+    CHECKPOINT_EVERY,
+    REPO,
+    STEPS,
+    differing,
+    finish,
+    generate_training_data,
+    job_config,
+    launch,
+    wait_for,
+    workers,
+)
 from tml.checkpoint import complete_steps
-from tml.core.config import load_config_from_yaml
 
 pytestmark = pytest.mark.slow
-
-REPO = Path(__file__).resolve().parents[4]
-CONFIG = Path(__file__).parent / "fixtures" / "tiny_e2e.yaml"
-ENTRYPOINT = REPO / "docker" / "entrypoint.sh"
-STEPS = 60
-CHECKPOINT_EVERY = 10
-SHORT_JOB = [
-    f"training.num_train_steps={STEPS}",
-    f"training.checkpoint_every_n={CHECKPOINT_EVERY}",
-    "training.num_eval_steps=0",
-    "training.train_log_every_n=10",
-]
-MAIN_MODULE = "projects.home.recap.main"
-
-
-def environment(run_dir: Path, **extra: str) -> dict[str, str]:
-    return {
-        **os.environ,
-        # The launcher finds this interpreter's torchrun, as `make run` finds the venv's.
-        "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}",
-        "TML_TEST_RUN": str(run_dir),
-        "OMP_NUM_THREADS": "1",
-        "CUDA_VISIBLE_DEVICES": "",
-        "NPROC_PER_NODE": "2",
-        **extra,
-    }
-
-
-def job_config(run_dir: Path, save_dir: Path) -> RecapConfig:
-    os.environ["TML_TEST_RUN"] = str(run_dir)
-    try:
-        return load_config_from_yaml(
-            RecapConfig, CONFIG, [*SHORT_JOB, f"training.save_dir={save_dir}"]
-        )
-    finally:
-        del os.environ["TML_TEST_RUN"]
-
-
-def launch(run_dir: Path, save_dir: Path, *overrides: str, **env: str) -> subprocess.Popen:
-    """The product's launcher, in its own session so that a failed test can end all of it."""
-    return subprocess.Popen(
-        [
-            "bash",
-            str(ENTRYPOINT),
-            "--config_path",
-            str(CONFIG),
-            *SHORT_JOB,
-            f"training.save_dir={save_dir}",
-            *overrides,
-        ],
-        cwd=REPO,
-        env=environment(run_dir, **env),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        start_new_session=True,
-    )
-
-
-def finish(process: subprocess.Popen, timeout: float = 240) -> str:
-    """Waits for the launcher; on a timeout kills it and everything under it, and fails."""
-    try:
-        output, _ = process.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        # torchrun runs in a process group of its own (the launcher's job control).
-        for pid in [*descendants(process.pid), process.pid]:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
-        output, _ = process.communicate()
-        pytest.fail(f"the job hung for {timeout} s:\n{output[-4000:]}")
-    return output
-
-
-def descendants(root: int) -> list[int]:
-    parents: dict[int, int] = {}
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except (FileNotFoundError, ProcessLookupError):
-            continue
-        parents[int(stat.parent.name)] = int(fields[1])
-    found, pending = [], [root]
-    while pending:
-        parent = pending.pop()
-        children = [pid for pid, ppid in parents.items() if ppid == parent]
-        found.extend(children)
-        pending.extend(children)
-    return found
-
-
-def workers(launcher: int) -> list[int]:
-    """The training processes under a launcher (torchrun's children, not torchrun itself)."""
-    found = []
-    for pid in descendants(launcher):
-        try:
-            command = Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")
-        except (FileNotFoundError, ProcessLookupError):
-            continue
-        parts = command.split("\0")
-        launcher_process = any(
-            "torchrun" in part or "torch.distributed.run" in part for part in parts
-        )
-        if MAIN_MODULE in parts and not launcher_process:
-            found.append(pid)
-    return sorted(found)
-
-
-def wait_for(path: Path, process: subprocess.Popen, timeout: float = 180) -> None:
-    deadline = time.monotonic() + timeout
-    while not path.exists():
-        assert process.poll() is None, f"the job ended before {path} appeared"
-        assert time.monotonic() < deadline, f"no {path} after {timeout} s"
-        time.sleep(0.02)
-
-
-def assert_bit_equal(got: dict[str, torch.Tensor], want: dict[str, torch.Tensor]) -> None:
-    assert got.keys() == want.keys()
-    differing = [name for name in want if not torch.equal(got[name], want[name])]
-    assert not differing, f"parameters differ from the uninterrupted run: {differing}"
 
 
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory) -> Path:
     """Training data for the jobs of this module."""
     run_dir = tmp_path_factory.mktemp("faults")
-    subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "projects.home.recap.tools.generate_random_data",
-            "--config_path",
-            str(CONFIG),
-            "--num_examples",
-            "640",
-            "--num_files",
-            "2",
-            "--row_group_size",
-            "64",
-        ],
-        cwd=REPO,
-        env=environment(run_dir),
-        check=True,
-        capture_output=True,
-    )
+    generate_training_data(run_dir)
     return run_dir
 
 
@@ -196,7 +66,7 @@ def test_a_killed_rank_is_restarted_and_the_job_ends_exactly(run_dir, uninterrup
     output = finish(process)
     assert process.returncode == 0, output[-4000:]
     assert "resumed from step" in output, output[-4000:]
-    assert_bit_equal(full_parameters(job_config(run_dir, save_dir), STEPS), uninterrupted)
+    assert not differing(full_parameters(job_config(run_dir, save_dir), STEPS), uninterrupted)
 
 
 def stopped_step(output: str) -> int:
@@ -239,7 +109,7 @@ def test_a_stop_signal_checkpoints_exits_0_and_the_job_resumes_exactly(run_dir, 
     output = finish(process)
     assert process.returncode == 0, output[-4000:]
     assert f"resumed from step {second}" in output
-    assert_bit_equal(full_parameters(job_config(run_dir, save_dir), STEPS), uninterrupted)
+    assert not differing(full_parameters(job_config(run_dir, save_dir), STEPS), uninterrupted)
 
 
 def test_a_hung_rank_fails_the_job_within_the_step_timeout_naming_it(run_dir, tmp_path):
