@@ -45,6 +45,7 @@ class Faults:
     requests: int = 0
     failed: int = 0
     delayed: int = 0
+    bytes_sent: int = 0  # body bytes of the answers forwarded (what ranged reads fetched)
     lock: threading.Lock = dataclasses.field(default_factory=threading.Lock)
 
     def reset(self) -> None:
@@ -119,6 +120,8 @@ class _Handler(BaseHTTPRequestHandler):
             connection.request(self.command, self.path, body=body, headers=headers)
             response = connection.getresponse()
             payload = response.read()
+            with self.server.faults.lock:
+                self.server.faults.bytes_sent += len(payload)
             self._answer(response.status, response.getheaders(), payload)
         finally:
             connection.close()

@@ -20,6 +20,7 @@ from tml.storage.paths import (
     RemotePath,
     as_path,
     list_files,
+    open_input_file,
     remove_tree,
     write_atomically,
 )
@@ -33,6 +34,7 @@ __all__ = [
     "filesystem",
     "is_url",
     "list_files",
+    "open_input_file",
     "remove_tree",
     "storage_errors",
     "storage_options",

@@ -9,6 +9,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any
 
+import pyarrow as pa
 from fsspec.core import split_protocol
 
 from tml.storage.filesystems import check_bucket, filesystem, is_url, storage_errors
@@ -213,3 +214,22 @@ def write_atomically(path: AnyPath, text: str) -> None:
     temporary = path.with_name(path.name + ".tmp")
     temporary.write_text(text)
     temporary.replace(path)
+
+
+def open_input_file(path: str) -> str | pa.NativeFile:
+    """What pyarrow should read ``path`` from: the path itself when local (pyarrow's own local
+    filesystem), else a random-access file over the store.
+
+    The remote file has no cache of its own (fsspec's default would fetch a 50 MiB block per
+    read): each read is one ranged GET of exactly the bytes asked for, and pyarrow's
+    ``pre_buffer`` coalesces the column chunks a row group read needs into few such ranges.
+
+    Raises:
+        StorageError: no such bucket, or access denied.
+        FileNotFoundError: no such object (naming the URL).
+    """
+    if not is_url(path):
+        return os.fspath(as_path(path))
+    fs, inner = filesystem(path)
+    with storage_errors(path):
+        return pa.PythonFile(fs.open(inner, "rb", cache_type="none"), mode="r")
