@@ -93,10 +93,16 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _answer(self, status: int, headers: list[tuple[str, str]], body: bytes) -> None:
         self.send_response(status)
+        # A HEAD answer has no body but carries the object's Content-Length (its size).
+        keep_length = self.command == "HEAD"
         for name, value in headers:
-            if name.lower() not in _HOP_BY_HOP and name.lower() != "content-length":
-                self.send_header(name, value)
-        self.send_header("Content-Length", str(len(body)))
+            if name.lower() in _HOP_BY_HOP or (
+                name.lower() == "content-length" and not keep_length
+            ):
+                continue
+            self.send_header(name, value)
+        if not (keep_length and any(name.lower() == "content-length" for name, _ in headers)):
+            self.send_header("Content-Length", str(len(body)))
         self.end_headers()
         if self.command != "HEAD":
             self.wfile.write(body)

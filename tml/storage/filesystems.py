@@ -30,6 +30,9 @@ _LOCAL_PROTOCOLS = {None, "file", "local"}
 # retries timeouts and dropped connections on top of that.
 _OPTIONS: dict[str, dict[str, Any]] = {
     "s3": {
+        # Other processes write while this one reads (ranks, the trainer for its follower):
+        # a cached listing would hide their new keys.
+        "use_listings_cache": False,
         "config_kwargs": {
             "retries": {"mode": "standard", "max_attempts": 10},
             "connect_timeout": 10,
