@@ -13,9 +13,9 @@ The loader applies the same feature preprocessing as in training, without labels
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import Iterable
-from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
@@ -38,6 +38,7 @@ from projects.home.recap.job_folder import JobFolder
 from projects.home.recap.lockstep import agreed_steps, lockstep_batches
 from tml.core.errors import UserInputError
 from tml.distributed import DistributedEnvironment
+from tml.storage import AnyPath, RemotePath, as_path
 
 logger = logging.getLogger(__name__)
 
@@ -85,7 +86,7 @@ def prediction_table(
     return pa.table(columns, schema=schema)
 
 
-def run_inference(config: RecapConfig, environment: DistributedEnvironment) -> Path:
+def run_inference(config: RecapConfig, environment: DistributedEnvironment) -> AnyPath:
     """Scores ``inference.data`` with ``inference.checkpoint``; returns the output folder."""
     if not config.validation_data:
         raise UserInputError("inference mode scores a validation_data partition; none is defined")
@@ -101,7 +102,7 @@ def run_inference(config: RecapConfig, environment: DistributedEnvironment) -> P
     # module, unwrapped from data parallelism, which needs no gradients here).
     predict = unwrap(model).predict
 
-    output_dir = Path(config.inference.output_dir or job.predictions_dir(checkpoint))
+    output_dir = as_path(config.inference.output_dir or job.predictions_dir(checkpoint))
     output_dir.mkdir(parents=True, exist_ok=True)
     if environment.is_main:
         # Files of an earlier run (maybe with another number of ranks) would mix in old rows.
@@ -116,7 +117,13 @@ def run_inference(config: RecapConfig, environment: DistributedEnvironment) -> P
     )
     rows = 0
     # Every rank writes its file, empty if its share is, so the folder always has them all.
-    with pq.ParquetWriter(path, schema, compression="zstd") as writer, torch.no_grad():
+    # A remote file is written through fsspec (a multipart upload, visible once closed).
+    sink = path.open("wb") if isinstance(path, RemotePath) else str(path)
+    with (
+        contextlib.closing(sink) if not isinstance(sink, str) else contextlib.nullcontext(),
+        pq.ParquetWriter(sink, schema, compression="zstd") as writer,
+        torch.no_grad(),
+    ):
         steps = agreed_steps(dataset.batches_per_pass, -1, environment.device)
         for batch, counted in lockstep_batches(dataset, steps, environment.device):
             outputs = predict(batch)

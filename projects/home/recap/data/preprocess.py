@@ -13,9 +13,9 @@ Calling the step on full-width tensors gives the same result.
 from __future__ import annotations
 
 import dataclasses
+import io
 import logging
 from collections.abc import Callable, Mapping, Sequence
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -31,6 +31,7 @@ from projects.home.recap.data.config import (
     TruncateAndSlice,
 )
 from tml.core.errors import UserInputError
+from tml.storage import as_path
 
 logger = logging.getLogger(__name__)
 
@@ -216,7 +217,8 @@ class TruncateAndSliceStep:
 
 def _load_mask(path: str, width: int, where: str) -> np.ndarray:
     try:
-        mask = np.load(Path(path), allow_pickle=False)
+        # Read whole first: np.load needs a seekable file, which a remote object is not cheaply.
+        mask = np.load(io.BytesIO(as_path(path).read_bytes()), allow_pickle=False)
     except (OSError, ValueError) as error:
         raise PreprocessError(f"{where}: cannot read mask file {path}: {error}") from None
     if mask.ndim != 1 or len(mask) != width:
