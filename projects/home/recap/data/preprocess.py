@@ -305,6 +305,7 @@ def build_preprocessor(
     mask_mantissa: Mapping[str, int],
     with_labels: bool,
     truncate_in_reader: bool = True,
+    keep_every_row: bool = False,
 ) -> Preprocessor:
     """The steps a dataset applies, in the reference's order.
 
@@ -317,6 +318,7 @@ def build_preprocessor(
         with_labels: False at inference: the label steps are left out.
         truncate_in_reader: Leave truncate_and_slice out of the steps because the reader
             applies its selection (the default); True only for full-width inputs.
+        keep_every_row: Leave downsample_negatives out, so that no row is dropped.
     """
     config = config or Preprocess()
     steps: list[Step] = []
@@ -325,7 +327,7 @@ def build_preprocessor(
     if with_labels:
         steps.append(ExampleWeightsStep(tasks, rates))
     downsample = None
-    if with_labels and config.downsample_negatives is not None:
+    if with_labels and not keep_every_row and config.downsample_negatives is not None:
         engagements = config.downsample_negatives.engagements_list or list(tasks)
         downsample = DownsampleNegativesStep(config.downsample_negatives, engagements)
         steps.append(downsample)
