@@ -1,5 +1,6 @@
 """Fixtures shared across the test tree."""
 
+import os
 import sys
 from pathlib import Path
 
@@ -22,3 +23,38 @@ def single_process_group(monkeypatch) -> DistributedEnvironment:
     environment = init_distributed("cpu")
     yield environment
     shutdown_distributed()
+
+
+@pytest.fixture(scope="session")
+def s3_server():
+    """moto's S3 server (behind a fault-injecting proxy) on loopback for the whole session, with
+    fake credentials and its endpoint in the environment; stopped at the end."""
+    from tests.helpers.s3_server import S3Server
+
+    server = S3Server.start()
+    saved = {name: os.environ.get(name) for name in server.environment()}
+    os.environ.update(server.environment())
+    yield server
+    for name, value in saved.items():
+        if value is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = value
+    server.stop()
+
+
+@pytest.fixture
+def s3_bucket(s3_server, request):
+    """A fresh empty bucket named after the test; yields its URL (``s3://name``)."""
+    import fsspec
+
+    name = "t-" + "".join(c if c.isalnum() else "-" for c in request.node.name.lower())[:50]
+    name = name.strip("-")
+    fs = fsspec.filesystem("s3")
+    fs.invalidate_cache()
+    if fs.exists(name):
+        fs.rm(name, recursive=True)
+    fs.mkdir(name)
+    s3_server.faults.reset()
+    yield f"s3://{name}"
+    s3_server.faults.reset()

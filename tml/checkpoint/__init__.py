@@ -10,6 +10,8 @@ from tml.checkpoint.manager import (
     latest_complete_folder,
     load_checkpoint,
     load_weights,
+    storage_reader,
+    storage_writer,
 )
 
 __all__ = [
@@ -22,4 +24,6 @@ __all__ = [
     "latest_complete_folder",
     "load_checkpoint",
     "load_weights",
+    "storage_reader",
+    "storage_writer",
 ]

@@ -12,6 +12,11 @@ Saving is asynchronous: the state is staged to host memory, training continues, 
 thread writes the files. Only when every rank's write has finished does rank 0 write
 ``COMPLETE``, so a job killed mid-write leaves a folder that resume ignores (and the next save
 removes).
+
+The directory may be an object-store URL (:mod:`tml.storage`): the files then go through
+torch.distributed.checkpoint's fsspec writer and reader. Object stores have no atomic rename, so
+the COMPLETE marker alone says a checkpoint is whole: it is written last, and pruning deletes it
+first, so a folder half removed never counts either.
 """
 
 from __future__ import annotations
@@ -21,16 +26,17 @@ import json
 import logging
 import os
 import re
-import shutil
 import time
 from collections.abc import Mapping
 from concurrent.futures import Future
-from pathlib import Path
 from typing import Any
 
 import torch
 import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
+
+# torch 2.13 keeps its fsspec storage in a private module (not re-exported by the package).
+from torch.distributed.checkpoint._fsspec_filesystem import FsspecReader, FsspecWriter
 from torch.distributed.checkpoint._nested_dict import flatten_state_dict
 from torch.distributed.checkpoint.default_planner import (
     DefaultLoadPlanner,
@@ -40,6 +46,7 @@ from torch.distributed.checkpoint.planner import LoadPlan
 
 from tml.checkpoint.staging import SnapshotStager
 from tml.core.errors import UserInputError
+from tml.storage import AnyPath, RemotePath, as_path, remove_tree, storage_options, write_atomically
 
 logger = logging.getLogger(__name__)
 
@@ -57,19 +64,37 @@ class CheckpointNotFoundError(UserInputError, FileNotFoundError):
 _STEP_FOLDER = re.compile(r"^step_(\d+)$")
 
 
-def checkpoint_folder(directory: str | os.PathLike, step: int) -> Path:
+PathLike = str | os.PathLike | RemotePath
+
+
+def checkpoint_folder(directory: PathLike, step: int) -> AnyPath:
     """The folder of the checkpoint written at ``step`` under ``directory``."""
-    return Path(directory) / f"step_{step}"
+    return as_path(directory) / f"step_{step}"
 
 
-def is_complete(folder: str | os.PathLike) -> bool:
+def is_complete(folder: PathLike) -> bool:
     """Whether a checkpoint folder was fully written by every rank."""
-    return (Path(folder) / COMPLETE_MARKER).is_file()
+    return (as_path(folder) / COMPLETE_MARKER).is_file()
 
 
-def complete_steps(directory: str | os.PathLike) -> list[int]:
+def storage_writer(folder: AnyPath) -> dcp.StorageWriter:
+    """torch.distributed.checkpoint's writer for a local folder or an object-store URL."""
+    if isinstance(folder, RemotePath):
+        return FsspecWriter(str(folder), **storage_options(str(folder)))
+    return dcp.FileSystemWriter(folder)
+
+
+def storage_reader(folder: PathLike) -> dcp.StorageReader:
+    """torch.distributed.checkpoint's reader for a local folder or an object-store URL."""
+    folder = as_path(folder)
+    if isinstance(folder, RemotePath):
+        return FsspecReader(str(folder), **storage_options(str(folder)))
+    return dcp.FileSystemReader(folder)
+
+
+def complete_steps(directory: PathLike) -> list[int]:
     """Steps of the fully written checkpoints under ``directory``, oldest first."""
-    directory = Path(directory)
+    directory = as_path(directory)
     if not directory.is_dir():
         return []
     steps = []
@@ -80,7 +105,7 @@ def complete_steps(directory: str | os.PathLike) -> list[int]:
     return sorted(steps)
 
 
-def latest_complete_folder(directory: str | os.PathLike) -> Path | None:
+def latest_complete_folder(directory: PathLike) -> AnyPath | None:
     """The newest fully written checkpoint folder under ``directory``, or None."""
     steps = complete_steps(directory)
     return checkpoint_folder(directory, steps[-1]) if steps else None
@@ -98,13 +123,13 @@ class CheckpointManager:
 
     def __init__(
         self,
-        directory: str | os.PathLike,
+        directory: PathLike,
         *,
         max_to_keep: int | None = None,
         rank: int = 0,
         async_save: bool = True,
     ) -> None:
-        self.directory = Path(directory)
+        self.directory = as_path(directory)
         self._max_to_keep = max_to_keep
         self._rank = rank
         self._async_save = async_save
@@ -139,7 +164,7 @@ class CheckpointManager:
         self.wait()
         folder = checkpoint_folder(self.directory, step)
         if self._rank == 0 and folder.exists():
-            shutil.rmtree(folder)
+            _remove_checkpoint(folder)
         dist.barrier()
         folder.mkdir(parents=True, exist_ok=True)
         if rank_state is not None:
@@ -147,7 +172,7 @@ class CheckpointManager:
         if self._async_save:
             future = dcp.async_save(
                 _without_empty_containers(state),
-                checkpoint_id=folder,
+                storage_writer=storage_writer(folder),
                 process_group=self._group,
                 async_stager=self._stager,
             )
@@ -156,7 +181,9 @@ class CheckpointManager:
             self._pending = (step, future)
         else:
             dcp.save(
-                _without_empty_containers(state), checkpoint_id=folder, process_group=self._group
+                _without_empty_containers(state),
+                storage_writer=storage_writer(folder),
+                process_group=self._group,
             )
             self._finish(step)
 
@@ -208,32 +235,41 @@ class CheckpointManager:
         if self._max_to_keep is None:
             return
         for step in complete_steps(self.directory)[: -self._max_to_keep]:
-            shutil.rmtree(checkpoint_folder(self.directory, step), ignore_errors=True)
+            _remove_checkpoint(checkpoint_folder(self.directory, step))
             logger.info("removed old checkpoint step_%d", step)
 
     def _remove_incomplete(self) -> None:
+        if not self.directory.is_dir():  # a new job's folder in an object store: no keys yet
+            return
         for child in self.directory.iterdir():
             if _STEP_FOLDER.match(child.name) and not is_complete(child):
                 logger.warning("removing incompletely written checkpoint %s", child)
-                shutil.rmtree(child, ignore_errors=True)
+                remove_tree(child)
+
+
+def _remove_checkpoint(folder: AnyPath) -> None:
+    # The marker goes first: removing many objects is not atomic, and a folder that lost some
+    # of its files must no longer count as complete if the removal stops half way.
+    (folder / COMPLETE_MARKER).unlink(missing_ok=True)
+    remove_tree(folder)
 
 
 def load_checkpoint(
-    folder: str | os.PathLike, state: dict[str, Any], rank: int = 0
+    folder: PathLike, state: dict[str, Any], rank: int = 0
 ) -> dict[str, Any] | None:
     """Loads a complete checkpoint folder into ``state`` in place; returns the rank's state."""
-    folder = Path(folder)
+    folder = as_path(folder)
     if not is_complete(folder):
         raise CheckpointNotFoundError(f"{folder} is not a complete checkpoint")
     loadable = _without_empty_containers(state)
     _check_keys(folder, loadable)
-    dcp.load(loadable, checkpoint_id=folder, planner=_LoadPlanner())
+    dcp.load(loadable, storage_reader=storage_reader(folder), planner=_LoadPlanner())
     _copy_leaves(loadable, state)
     rank_file = folder / f"rank_{rank}.json"
     return json.loads(rank_file.read_text()) if rank_file.is_file() else None
 
 
-def load_weights(model: torch.nn.Module, folder: str | os.PathLike, rank: int = 0) -> None:
+def load_weights(model: torch.nn.Module, folder: PathLike, rank: int = 0) -> None:
     """Loads only the model's weights (the checkpoint's ``model`` entry) into ``model``.
 
     Works for a sharded model (every rank calls it; each reads the shards it holds) and for an
@@ -262,13 +298,13 @@ class _LoadPlanner(DefaultLoadPlanner):
         )
 
 
-def _check_keys(folder: Path, state: Mapping[str, Any]) -> None:
+def _check_keys(folder: AnyPath, state: Mapping[str, Any]) -> None:
     """Fails with the missing names when the checkpoint lacks something ``state`` asks for.
 
     (torch.distributed.checkpoint would otherwise guess an old format and report a confusing
     key.)
     """
-    saved = set(dcp.FileSystemReader(folder).read_metadata().state_dict_metadata)
+    saved = set(storage_reader(folder).read_metadata().state_dict_metadata)
     wanted = set(flatten_state_dict(dict(state))[0])
     missing = sorted(wanted - saved)
     if missing:
@@ -306,8 +342,6 @@ def _copy_leaves(source: Mapping[str, Any], target: dict[str, Any]) -> None:
             target[key] = value
 
 
-def _write_json(path: Path, value: dict[str, Any]) -> None:
-    # Write-then-rename so a reader never sees half a file.
-    temporary = path.with_name(path.name + ".tmp")
-    temporary.write_text(json.dumps(value))
-    temporary.replace(path)
+def _write_json(path: AnyPath, value: dict[str, Any]) -> None:
+    # A reader never sees half a file (tml.storage.write_atomically).
+    write_atomically(path, json.dumps(value))

@@ -1,5 +1,6 @@
 """Process-group set-up and the few collectives the training loop needs."""
 
+from tml.distributed.batch_norm import average_running_statistics, running_statistics
 from tml.distributed.environment import (
     DistributedEnvironment,
     distributed_environment,
@@ -10,8 +11,10 @@ from tml.distributed.environment import (
 
 __all__ = [
     "DistributedEnvironment",
+    "average_running_statistics",
     "distributed_environment",
     "init_distributed",
     "lost_peer",
+    "running_statistics",
     "shutdown_distributed",
 ]

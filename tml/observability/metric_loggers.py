@@ -11,8 +11,9 @@ import math
 import os
 import time
 from collections.abc import Callable, Iterable, Mapping
-from pathlib import Path
-from typing import Protocol
+from typing import IO, Protocol
+
+from tml.storage import RemotePath, as_path
 
 logger = logging.getLogger(__name__)
 
@@ -51,12 +52,19 @@ class JsonlLogger:
     """Appends ``{"step": ..., "time": ..., "<name>": value, ...}`` lines to a file.
 
     Appending keeps the history of a resumed job; a step logged before a restart may appear twice.
+    An object store cannot append: there the file's text is kept and the whole object rewritten
+    at each log step (a metric log is small, and each rewrite is one atomic PUT).
     """
 
-    def __init__(self, path: str | os.PathLike) -> None:
-        self._path = Path(path)
+    def __init__(self, path: str | os.PathLike | RemotePath) -> None:
+        self._path = as_path(path)
         self._path.parent.mkdir(parents=True, exist_ok=True)
-        self._file = self._path.open("a")
+        self._file: IO[str] | None = None
+        self._text = ""
+        if isinstance(self._path, RemotePath):
+            self._text = self._path.read_text() if self._path.is_file() else ""
+        else:
+            self._file = self._path.open("a")
 
     def log(self, step: int, metrics: Mapping[str, float]) -> None:
         record = {
@@ -64,11 +72,17 @@ class JsonlLogger:
             "time": time.time(),
             **{k: _jsonable(v) for k, v in metrics.items()},
         }
-        self._file.write(json.dumps(record) + "\n")
+        line = json.dumps(record) + "\n"
+        if self._file is None:
+            self._text += line
+            self._path.write_text(self._text)
+            return
+        self._file.write(line)
         self._file.flush()
 
     def close(self) -> None:
-        self._file.close()
+        if self._file is not None:
+            self._file.close()
 
 
 class TensorBoardLogger:
@@ -110,7 +124,7 @@ BACKENDS = ("console", "jsonl", "tensorboard")
 def build_metric_loggers(
     *,
     name: str,
-    jsonl_path: str | os.PathLike,
+    jsonl_path: str | os.PathLike | RemotePath,
     tensorboard_dir: str | os.PathLike,
     is_main: bool = True,
     backends: Iterable[str] = BACKENDS,

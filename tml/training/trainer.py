@@ -31,7 +31,7 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 
 from tml.checkpoint import CheckpointManager, load_weights
 from tml.core.errors import UserInputError
-from tml.distributed import DistributedEnvironment
+from tml.distributed import DistributedEnvironment, average_running_statistics
 from tml.observability.metric_loggers import MetricLoggers
 from tml.optimizers.scheduler import LearningRateScheduler
 from tml.training.data_position import PositionTrackingIterator, StatefulBatches
@@ -128,6 +128,8 @@ class Trainer:
         self._first_step = 0
         self.wall_time = 0.0
         self._interval = _IntervalStats(environment.device, len(settings.task_names))
+        # The step at which the ranks' batch norm statistics were last made equal.
+        self._statistics_agreed_at: int | None = None
         self._finite = _FiniteLossGuard(environment.device)
         self._watchdog = StepWatchdog(settings.step_timeout_s, environment.rank)
 
@@ -328,8 +330,18 @@ class Trainer:
             "lower the learning rates or check the inputs for huge values"
         )
 
+    def _agree_on_statistics(self) -> None:
+        # Each rank's batch norm layers track their own batches (torchrec's data parallelism
+        # does not broadcast buffers); checkpoints and evaluations use the ranks' average, so
+        # every rank, every checkpoint and every later evaluation of it hold the same ones.
+        # Once per step: averaging equal values again could round them differently.
+        if self._statistics_agreed_at != self.step:
+            average_running_statistics(self.model)
+            self._statistics_agreed_at = self.step
+
     def _save_checkpoint(self, iterator: PositionTrackingIterator) -> None:
         self._check_finite(weights=True)
+        self._agree_on_statistics()
         consumed = (self.step - self._first_step) * self.settings.gradient_accumulation
         rank_state = {
             "data": iterator.position_after(consumed),
@@ -343,6 +355,7 @@ class Trainer:
         # The pipeline rewrites sharded modules' forwards for overlap; evaluation needs the
         # plain forward, so the model is detached for the duration.
         model = inner.detach()
+        self._agree_on_statistics()
         try:
             with self._watchdog.paused():
                 self.evaluate(model, self.step)

@@ -21,10 +21,10 @@ It returns ``logits``, ``probabilities`` and ``calibrated_probabilities``, ``[ba
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import logging
 import sys
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -39,6 +39,7 @@ from projects.home.recap.model.servable import ServableRankingModel, export_rank
 from tml.core.cli import add_config_arguments, exit_status
 from tml.core.config import load_config_from_yaml
 from tml.observability.logging import setup_logging
+from tml.storage import AnyPath, as_path
 
 logger = logging.getLogger(__name__)
 
@@ -80,8 +81,8 @@ def signature(
 
 
 def export_checkpoint(
-    config: RecapConfig, checkpoint: str | None = None, output: Path | None = None
-) -> Path:
+    config: RecapConfig, checkpoint: str | None = None, output: AnyPath | str | None = None
+) -> AnyPath:
     """Writes the servable file for ``checkpoint`` (default: newest of the job) to ``output``
     (default: the job folder's exports); returns the file."""
     job = JobFolder(config.training.save_dir)
@@ -91,13 +92,16 @@ def export_checkpoint(
     servable = ServableRankingModel(model.model)
     example = inputs.example_inputs(_EXAMPLE_BATCH)
     program = export_ranking_model(servable, example, example_sparse_ids(servable, _EXAMPLE_BATCH))
-    output = output or job.export_file(folder)
+    output = as_path(output) if output is not None else job.export_file(folder)
     output.parent.mkdir(parents=True, exist_ok=True)
+    # Saved to memory first: torch.export.save seeks in its file, which an upload cannot do.
+    buffer = io.BytesIO()
     torch.export.save(
         program,
-        output,
+        buffer,
         extra_files={SIGNATURE_FILE: json.dumps(signature(config, example, servable), indent=1)},
     )
+    output.write_bytes(buffer.getvalue())
     logger.info("exported %s to %s", folder, output)
     return output
 
@@ -111,9 +115,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--checkpoint", help="Checkpoint folder or save_dir (default: newest of the job)."
     )
-    parser.add_argument(
-        "--output", type=Path, help="File to write (.pt2; default: the job folder's exports)."
-    )
+    parser.add_argument("--output", help="File to write (.pt2; default: the job folder's exports).")
     args = parser.parse_args(argv)
     setup_logging()
 

@@ -4,21 +4,26 @@ predictions.
 Each rank scores its disjoint share of the partition named by ``inference.data`` and writes its
 own predictions file (see ``JobFolder``) with, per input row (each exactly once):
 
+* ``source_file``, ``source_row``: the row's data file and its index within that file (from 0),
+  a stable id to join the predictions back to the data;
 * ``user_id``, ``author_id``, ``tweet_id`` when the config renames the meta ids;
+* every feature named by ``inference.passthrough_features``, under its schema name;
+* ``label/<task>`` and ``weight/<task>`` for every model task: the label (after
+  ``rectify_labels``) and the example weight evaluation gives it (the inverse of the
+  partition's sampling rates);
+* ``stratifier/<name>`` for every stratifier of the model;
 * ``probability/<task>`` and ``calibrated_probability/<task>`` for every model task;
 * ``score``: the sum over the ranking weights of weight x calibrated probability.
 
-The loader applies the same feature preprocessing as in training, without labels.
+The loader applies the same preprocessing as evaluation, except ``downsample_negatives`` (it
+would drop rows), so ``tml-recap-score`` computes evaluation's metrics from these files.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
-from collections.abc import Iterable
-from pathlib import Path
 
-import numpy as np
-import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 import torch.distributed as dist
@@ -32,60 +37,23 @@ from projects.home.recap.build import (
 )
 from projects.home.recap.config import RecapConfig
 from projects.home.recap.data.dataset import ReadOptions
+from projects.home.recap.data.schema import load_schema
 from projects.home.recap.inference_config import ranking_weights
-from projects.home.recap.inputs import RecapBatch
 from projects.home.recap.job_folder import JobFolder
 from projects.home.recap.lockstep import agreed_steps, lockstep_batches
+from projects.home.recap.predictions import (
+    prediction_columns,
+    prediction_table,
+    with_passthrough,
+)
 from tml.core.errors import UserInputError
 from tml.distributed import DistributedEnvironment
+from tml.storage import AnyPath, RemotePath, as_path
 
 logger = logging.getLogger(__name__)
 
-# Output column -> renamed feature holding it.
-ID_COLUMNS = {
-    "user_id": "meta__user_id",
-    "author_id": "meta__author_id",
-    "tweet_id": "meta__tweet_id",
-}
 
-
-def prediction_schema(renamed_features: Iterable[str], tasks: list[str]) -> pa.Schema:
-    """The columns of the predictions files: the ids the data provides, then per task."""
-    fields = [
-        pa.field(column, pa.int64())
-        for column, feature in ID_COLUMNS.items()
-        if feature in renamed_features
-    ]
-    for task in tasks:
-        fields.append(pa.field(f"probability/{task}", pa.float32()))
-        fields.append(pa.field(f"calibrated_probability/{task}", pa.float32()))
-    fields.append(pa.field("score", pa.float64()))
-    return pa.schema(fields)
-
-
-def prediction_table(
-    batch: RecapBatch,
-    outputs: dict[str, torch.Tensor],
-    tasks: list[str],
-    weights: dict[str, float],
-    schema: pa.Schema,
-) -> pa.Table:
-    """One batch's predictions as rows of ``schema``."""
-    columns: dict[str, np.ndarray] = {}
-    for column, feature in ID_COLUMNS.items():
-        if column in schema.names:
-            columns[column] = batch.extra_features[feature].reshape(-1).cpu().numpy()
-    probabilities = outputs["probabilities"].float().cpu()
-    calibrated = outputs["calibrated_probabilities"].float().cpu()
-    for index, task in enumerate(tasks):
-        columns[f"probability/{task}"] = probabilities[:, index].numpy()
-        columns[f"calibrated_probability/{task}"] = calibrated[:, index].numpy()
-    task_weights = torch.tensor([weights.get(task, 0.0) for task in tasks], dtype=torch.float64)
-    columns["score"] = (calibrated.double() @ task_weights).numpy()
-    return pa.table(columns, schema=schema)
-
-
-def run_inference(config: RecapConfig, environment: DistributedEnvironment) -> Path:
+def run_inference(config: RecapConfig, environment: DistributedEnvironment) -> AnyPath:
     """Scores ``inference.data`` with ``inference.checkpoint``; returns the output folder."""
     if not config.validation_data:
         raise UserInputError("inference mode scores a validation_data partition; none is defined")
@@ -94,14 +62,24 @@ def run_inference(config: RecapConfig, environment: DistributedEnvironment) -> P
     checkpoint = job.find_checkpoint(config.inference.checkpoint)
     tasks = list(config.model.tasks)
     inputs = model_input_spec(config)
-    dataset = build_partition_data(config, name, ReadOptions.inference(), environment, inputs)
+    if name not in config.validation_data:
+        raise UserInputError(
+            f"inference.data: no partition '{name}' (partitions: {sorted(config.validation_data)})"
+        )
+    data_config = config.validation_data[name]
+    # Checked before any file is opened, naming the inference field.
+    columns = prediction_columns(
+        config, data_config, load_schema(data_config.seg_dense_schema.schema_path)
+    )
+    reading = with_passthrough(config, name)
+    dataset = build_partition_data(reading, name, ReadOptions.inference(), environment, inputs)
     model = build_sharded_model(config, environment, inputs, dataset.batch_size)
     load_trained_model(model, checkpoint, environment)
-    # Inference batches have no labels, so only the predictions are computed (the sharded
-    # module, unwrapped from data parallelism, which needs no gradients here).
+    # Only the predictions are computed (no loss), by the sharded module unwrapped from data
+    # parallelism, which needs no gradients here.
     predict = unwrap(model).predict
 
-    output_dir = Path(config.inference.output_dir or job.predictions_dir(checkpoint))
+    output_dir = as_path(config.inference.output_dir or job.predictions_dir(checkpoint))
     output_dir.mkdir(parents=True, exist_ok=True)
     if environment.is_main:
         # Files of an earlier run (maybe with another number of ranks) would mix in old rows.
@@ -111,17 +89,21 @@ def run_inference(config: RecapConfig, environment: DistributedEnvironment) -> P
         dist.barrier()
     path = JobFolder.predictions_file(output_dir, environment.rank, environment.world_size)
     weights = ranking_weights(config.inference, tasks)
-    schema = prediction_schema(
-        config.validation_data[name].seg_dense_schema.renamed_features, tasks
-    )
+    schema = columns.schema()
     rows = 0
     # Every rank writes its file, empty if its share is, so the folder always has them all.
-    with pq.ParquetWriter(path, schema, compression="zstd") as writer, torch.no_grad():
+    # A remote file is written through fsspec (a multipart upload, visible once closed).
+    sink = path.open("wb") if isinstance(path, RemotePath) else str(path)
+    with (
+        contextlib.closing(sink) if not isinstance(sink, str) else contextlib.nullcontext(),
+        pq.ParquetWriter(sink, schema, compression="zstd") as writer,
+        torch.no_grad(),
+    ):
         steps = agreed_steps(dataset.batches_per_pass, -1, environment.device)
         for batch, counted in lockstep_batches(dataset, steps, environment.device):
             outputs = predict(batch)
             if counted:
-                table = prediction_table(batch, outputs, tasks, weights, schema)
+                table = prediction_table(batch, outputs, columns, weights, dataset.file_paths)
                 writer.write_table(table)
                 rows += table.num_rows
     logger.info(

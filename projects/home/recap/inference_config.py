@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import pydantic
+
 from tml.core.config import BaseConfig, Field
 
 # The published April 2023 weights of the serving score, by training label.
@@ -39,11 +41,34 @@ class InferenceConfig(BaseConfig):
         description="Folder for the Parquet predictions, one file per rank (null: "
         "<save_dir>/predictions/step_<step>).",
     )
+    passthrough_features: list[str] = Field(
+        [],
+        description="Numeric schema features copied into the predictions, one column each "
+        "under its schema name (e.g. a timestamp or a label the model does not train on), so "
+        "that predictions can be sliced or joined without reading the data again.",
+    )
     ranking_weights: dict[str, float] | None = Field(
         None,
         description="Task -> weight of its calibrated probability in the ranking score (null: "
         "the published April 2023 weights of the model tasks that have one).",
     )
+
+    @pydantic.field_validator("passthrough_features")
+    @classmethod
+    def _check_passthrough(cls, names: list[str]) -> list[str]:
+        repeated = sorted({name for name in names if names.count(name) > 1})
+        if repeated:
+            raise ValueError(f"features named twice: {repeated}")
+        # Predictions columns of their own have a slash (label/..., probability/...) or are
+        # one of these; a schema name equal to one would make two columns of one name.
+        taken = sorted(set(names) & {"source_file", "source_row", "score", *ID_COLUMN_NAMES})
+        if taken:
+            raise ValueError(f"{taken} would collide with the predictions' own columns")
+        return names
+
+
+# The id columns inference writes when the meta ids are renamed (see inference.py).
+ID_COLUMN_NAMES = ("user_id", "author_id", "tweet_id")
 
 
 def ranking_weights(config: InferenceConfig, tasks: Sequence[str]) -> dict[str, float]:

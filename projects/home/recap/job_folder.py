@@ -12,6 +12,11 @@ Layout::
 
 Modes, the report and tests ask this class for paths; none of them spells a name under
 ``save_dir`` itself.
+
+``save_dir`` may be an object-store URL (``s3://bucket/job``, see :mod:`tml.storage`): every
+path here is then a :class:`tml.storage.RemotePath`, except the TensorBoard folders, which stay
+on the local disk (TensorBoard's writer appends to its event files, which object stores cannot
+do) under ``$TML_TENSORBOARD_DIR`` or ``./tensorboard``, one folder per job URL.
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ from pathlib import Path
 
 from tml.checkpoint import CheckpointNotFoundError, is_complete, latest_complete_folder
 from tml.observability.metric_loggers import MetricLoggers, build_metric_loggers
+from tml.storage import AnyPath, RemotePath, as_path
 
 
 class MetricStream(enum.StrEnum):
@@ -45,8 +51,8 @@ class JobFolder:
     EXPORTS = "exports"
     TENSORBOARD = "tensorboard"
 
-    def __init__(self, save_dir: str | os.PathLike) -> None:
-        self.root = Path(save_dir)
+    def __init__(self, save_dir: str | os.PathLike | RemotePath) -> None:
+        self.root: AnyPath = as_path(save_dir)
 
     def __repr__(self) -> str:
         return f"JobFolder({str(self.root)!r})"
@@ -54,18 +60,18 @@ class JobFolder:
     # Checkpoints ------------------------------------------------------------------------------
 
     @property
-    def checkpoints(self) -> Path:
+    def checkpoints(self) -> AnyPath:
         """The folder of the job's step folders."""
         return self.root / self.CHECKPOINTS
 
-    def find_checkpoint(self, path: str | os.PathLike | None = None) -> Path:
+    def find_checkpoint(self, path: str | os.PathLike | RemotePath | None = None) -> AnyPath:
         """A complete checkpoint folder: ``path`` itself, the newest under ``path`` (a folder of
         checkpoints or another job's save_dir), or by default this job's newest.
 
         Raises:
             CheckpointNotFoundError: naming the path that holds no complete checkpoint.
         """
-        where = Path(path) if path is not None else self.root
+        where = as_path(path) if path is not None else self.root
         if is_complete(where):
             return where
         for candidate in (where, JobFolder(where).checkpoints):
@@ -75,19 +81,24 @@ class JobFolder:
         raise CheckpointNotFoundError(f"no complete checkpoint in {where}")
 
     @staticmethod
-    def evaluation_results(checkpoint: Path, partition: str) -> Path:
+    def evaluation_results(checkpoint: AnyPath, partition: str) -> AnyPath:
         """Where the evaluator writes a checkpoint's results for one partition (marking it
         done); it lives in the checkpoint folder so it goes when the checkpoint is pruned."""
         return checkpoint / f"evaluated_{partition}.json"
 
     # Metric streams ---------------------------------------------------------------------------
 
-    def metrics_file(self, stream: MetricStream) -> Path:
+    def metrics_file(self, stream: MetricStream) -> AnyPath:
         """The JSONL file of a metric stream."""
         return self.root / f"{stream.value}.jsonl"
 
     def tensorboard_dir(self, stream: MetricStream) -> Path:
-        """The TensorBoard event folder of a metric stream."""
+        """The TensorBoard event folder of a metric stream (always local, see above)."""
+        if isinstance(self.root, RemotePath):
+            local = Path(os.environ.get("TML_TENSORBOARD_DIR", self.TENSORBOARD))
+            # One folder per job URL: s3://bucket/job -> <local>/s3/bucket/job/<stream>.
+            protocol, _, rest = str(self.root).partition("://")
+            return local / protocol / rest / stream.value
         return self.root / self.TENSORBOARD / stream.value
 
     def metric_loggers(
@@ -108,27 +119,27 @@ class JobFolder:
 
     # Predictions and exports ------------------------------------------------------------------
 
-    def predictions_dir(self, checkpoint: Path) -> Path:
+    def predictions_dir(self, checkpoint: AnyPath) -> AnyPath:
         """The default folder for the predictions scored with ``checkpoint``."""
         return self.root / self.PREDICTIONS / checkpoint.name
 
     @staticmethod
-    def predictions_file(directory: Path, rank: int, world_size: int) -> Path:
+    def predictions_file(directory: AnyPath, rank: int, world_size: int) -> AnyPath:
         """One rank's predictions file in a predictions folder."""
         return directory / f"predictions-{rank}-of-{world_size}.parquet"
 
     @staticmethod
-    def predictions_files(directory: Path) -> list[Path]:
+    def predictions_files(directory: AnyPath) -> list[AnyPath]:
         """Every rank's predictions file in a predictions folder, sorted."""
         return sorted(directory.glob("predictions-*-of-*.parquet"))
 
-    def all_predictions_files(self) -> list[Path]:
+    def all_predictions_files(self) -> list[AnyPath]:
         """The predictions files of every checkpoint scored into the default folders."""
         root = self.root / self.PREDICTIONS
         if not root.is_dir():
             return []
         return [path for child in sorted(root.iterdir()) for path in self.predictions_files(child)]
 
-    def export_file(self, checkpoint: Path) -> Path:
+    def export_file(self, checkpoint: AnyPath) -> AnyPath:
         """The default servable export of ``checkpoint``."""
         return self.root / self.EXPORTS / f"{checkpoint.name}.pt2"

@@ -17,7 +17,7 @@ from projects.home.recap.data.embedding_ids import SparseFeatures
 from projects.home.recap.data.features import DENSE_INPUTS, FeaturePlan
 from projects.home.recap.data.preprocess import Preprocessor, Rows
 from projects.home.recap.data.reader import Arrays
-from projects.home.recap.data.reading import Segment
+from projects.home.recap.data.reading import ROW_FILE, ROW_IN_FILE, Segment
 from projects.home.recap.inputs import DenseInputs, RecapBatch
 
 
@@ -106,6 +106,10 @@ class BatchAssembler:
             tensor = torch.from_numpy(raw.arrays[schema_name])
             for name in names:
                 features[name] = tensor
+        # Row ids travel as features, so that a step that drops or reorders rows moves them too.
+        for name in (ROW_FILE, ROW_IN_FILE):
+            if name in raw.arrays:
+                features[name] = torch.from_numpy(raw.arrays[name])
         labels = {
             label: torch.from_numpy(raw.arrays[label][:, 0]).to(torch.float32)
             for label in self.plan.labels
@@ -135,5 +139,9 @@ class BatchAssembler:
             labels=labels.reshape(count, len(self.tasks) if self.with_labels else 0),
             weights=weights,
             sparse_features=self.sparse(features) if self.sparse is not None else None,
-            extra_features={name: features[name] for name in self.plan.extras},
+            extra_features={
+                name: features[name]
+                for name in (*self.plan.extras, ROW_FILE, ROW_IN_FILE)
+                if name in features
+            },
         )

@@ -66,12 +66,18 @@ class ReadOptions:
             tasks, i.e. back to un-sampled traffic (evaluation). Training leaves them at 1:
             it optimises in the sampled space, which the model's calibration maps back, and
             weighting as well would undo the sampling twice.
+        keep_every_row: Leave out ``downsample_negatives`` (which drops rows), so that every
+            row of the pass comes out exactly once (inference).
+        row_ids: Give every batch the row's place in its file (``ROW_FILE``, an index into
+            :attr:`RecapDataset.file_paths`, and ``ROW_IN_FILE``) in ``extra_features``.
     """
 
     shuffle: bool
     repeat: bool
     with_labels: bool
     weigh_by_sampling_rates: bool
+    keep_every_row: bool = False
+    row_ids: bool = False
 
     def __post_init__(self) -> None:
         if self.weigh_by_sampling_rates and not self.with_labels:
@@ -89,8 +95,16 @@ class ReadOptions:
 
     @classmethod
     def inference(cls) -> ReadOptions:
-        """One pass in file order, without labels."""
-        return cls(shuffle=False, repeat=False, with_labels=False, weigh_by_sampling_rates=False)
+        """One pass in file order, every row once with its place in its file, labelled and
+        weighed as evaluation does (so predictions can be scored like it)."""
+        return cls(
+            shuffle=False,
+            repeat=False,
+            with_labels=True,
+            weigh_by_sampling_rates=True,
+            keep_every_row=True,
+            row_ids=True,
+        )
 
 
 class RecapDataset(torch.utils.data.IterableDataset):
@@ -143,6 +157,7 @@ class RecapDataset(torch.utils.data.IterableDataset):
             lengths=self.plan.lengths,
             mask_mantissa=config.seg_dense_schema.mask_mantissa_features,
             with_labels=options.with_labels,
+            keep_every_row=options.keep_every_row,
         )
         paths = select_files(config)
         files, self.skipped_files = open_files(
@@ -172,7 +187,10 @@ class RecapDataset(torch.utils.data.IterableDataset):
             shuffle_buffer=config.examples_shuffle_buffer_size,
         )
         self._reader = WindowReader(
-            share.files, ignore_errors=config.ignore_data_errors, cache=config.cache
+            share.files,
+            ignore_errors=config.ignore_data_errors,
+            cache=config.cache,
+            row_ids=options.row_ids,
         )
         self._assembler = BatchAssembler(
             self.plan,
@@ -202,6 +220,11 @@ class RecapDataset(torch.utils.data.IterableDataset):
     def input_spec(self) -> InputSpec:
         """What the model reading these batches is built for (from the plan already made)."""
         return self.plan.spec
+
+    @property
+    def file_paths(self) -> list[str]:
+        """This rank's files; ``extra_features[ROW_FILE]`` indexes this list."""
+        return [data_file.path for data_file in self._files]
 
     @property
     def skipped_row_groups(self) -> int:
@@ -307,9 +330,9 @@ def build_dataset(
         options: How the job reads: ``ReadOptions.training()`` repeats forever with weights of
             1 (the model learns the sampled rates and its calibration maps them back);
             ``.evaluation()`` reads one pass, weighing examples by the inverse sampling rates
-            of the partition's tasks; ``.inference()`` reads one pass in file order without
-            labels (labels and weights have zero columns). A single pass keeps its last,
-            partial batch.
+            of the partition's tasks; ``.inference()`` reads one pass in file order, weighed as
+            evaluation, every row once with its place in its file. A single pass keeps its
+            last, partial batch.
         tasks: The model's task names in model order; label and weight columns follow it.
         large_embeddings: The model's large tables: each reads the renamed feature of its name
             into ``RecapBatch.sparse_features``.

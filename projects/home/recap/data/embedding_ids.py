@@ -11,9 +11,7 @@
 
 from __future__ import annotations
 
-import glob
 import logging
-import os
 from collections.abc import Mapping, Sequence
 
 import numpy as np
@@ -24,6 +22,7 @@ from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
 from projects.home.recap.embedding.config import EmbeddingBagConfig
 from tml.core.errors import UserInputError
+from tml.storage import as_path, list_files
 
 logger = logging.getLogger(__name__)
 
@@ -90,15 +89,16 @@ class VocabIds:
 
 
 def _read_vocab(directory: str, where: str) -> tuple[np.ndarray, np.ndarray]:
-    if not os.path.isdir(directory):
+    if not as_path(directory).is_dir():
         raise VocabError(f"{where}: vocab directory {directory} does not exist")
-    paths = sorted(glob.glob(os.path.join(directory, "*.parquet")))
+    paths = list_files(f"{directory.rstrip('/')}/*.parquet")
     if not paths:
         raise VocabError(f"{where}: vocab directory {directory} holds no .parquet file")
     ids, rows = [], []
     for path in paths:
         try:
-            table = pq.read_table(path)
+            # A vocab is read whole anyway: one request per file, local or remote.
+            table = pq.read_table(pa.BufferReader(as_path(path).read_bytes()))
         except (OSError, pa.ArrowException) as error:
             raise VocabError(f"{where}: cannot read vocab file {path}: {error}") from None
         for column in ("id", "row"):

@@ -1,8 +1,11 @@
-"""Which files a dataset reads: a glob, or dated folders over a window of days or hours."""
+"""Which files a dataset reads: a glob, or dated folders over a window of days or hours.
+
+Every pattern and ``data_root`` may be a local path or an object-store URL (``s3://bucket/...``,
+see :mod:`tml.storage`); the files come back as URLs then.
+"""
 
 from __future__ import annotations
 
-import glob
 import logging
 import os
 from collections.abc import Callable
@@ -16,6 +19,7 @@ from projects.home.recap.data.config import (
     RecapDataConfig,
 )
 from tml.core.errors import UserInputError
+from tml.storage import is_url, list_files
 
 logger = logging.getLogger(__name__)
 
@@ -31,7 +35,7 @@ def date_folders(inputs: ExplicitDateInputs) -> list[str]:
     first."""
     end = datetime.strptime(inputs.end_date, DATE_FORMAT)
     days = [end - timedelta(days=offset) for offset in range(inputs.days)]
-    return [os.path.join(inputs.data_root, day.strftime(DATE_FORMAT)) for day in sorted(days)]
+    return [_join(inputs.data_root, day.strftime(DATE_FORMAT)) for day in sorted(days)]
 
 
 def datetime_folders(inputs: ExplicitDatetimeInputs) -> list[str]:
@@ -39,15 +43,18 @@ def datetime_folders(inputs: ExplicitDatetimeInputs) -> list[str]:
     not read: it may still be being written), oldest first."""
     end = datetime.strptime(inputs.end_datetime, DATETIME_FORMAT)
     hours = [end - timedelta(hours=offset + 1) for offset in range(inputs.hours)]
-    return [
-        os.path.join(inputs.data_root, hour.strftime(DATETIME_FORMAT)) for hour in sorted(hours)
-    ]
+    return [_join(inputs.data_root, hour.strftime(DATETIME_FORMAT)) for hour in sorted(hours)]
+
+
+def _join(root: str, *parts: str) -> str:
+    # URLs always join with "/"; local paths the platform's way.
+    return "/".join([root.rstrip("/"), *parts]) if is_url(root) else os.path.join(root, *parts)
 
 
 def _glob_files(config: RecapDataConfig) -> list[str]:
     pattern = config.inputs
     assert pattern is not None
-    files = sorted(path for path in glob.glob(pattern, recursive=True) if os.path.isfile(path))
+    files = list_files(pattern)
     if not files:
         raise FileSelectionError(f"inputs: no file matches the glob '{pattern}'")
     return files
@@ -57,15 +64,7 @@ def _folder_files(folders: list[str], tolerance: int, unit: str, field: str) -> 
     files: list[str] = []
     missing: list[str] = []
     for folder in folders:
-        found = (
-            sorted(
-                os.path.join(folder, name)
-                for name in os.listdir(folder)
-                if name.endswith(DATA_FILE_SUFFIX) and os.path.isfile(os.path.join(folder, name))
-            )
-            if os.path.isdir(folder)
-            else []
-        )
+        found = list_files(_join(folder, "*" + DATA_FILE_SUFFIX))
         if not found:
             logger.warning("%s: no %s files in %s", field, DATA_FILE_SUFFIX, folder)
             missing.append(folder)

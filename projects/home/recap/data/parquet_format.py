@@ -17,10 +17,11 @@ by other tools works as long as its columns follow the schema.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import itertools
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -35,6 +36,7 @@ from projects.home.recap.data.schema import (
     SegDenseSchema,
     parse_schema,
 )
+from tml.storage import StorageError, open_input_file
 
 METADATA_KEY = b"tml.segdense"
 FORMAT_VERSION = 1
@@ -235,6 +237,17 @@ class SegDenseWriter:
         self.close()
 
 
+@contextlib.contextmanager
+def _source(path: str) -> Iterator[str | pa.NativeFile]:
+    """A local path as is, or an open remote file closed after use (tml.storage)."""
+    source = open_input_file(path)
+    try:
+        yield source
+    finally:
+        if not isinstance(source, str):
+            source.close()
+
+
 @dataclasses.dataclass(frozen=True)
 class _ChunkRead:
     chunk: ColumnChunk
@@ -260,7 +273,10 @@ class ParquetDataFile:
         """
         self.path = path
         try:
-            self._metadata = pq.read_metadata(path)
+            with _source(path) as source:
+                self._metadata = pq.read_metadata(source)
+        except StorageError:
+            raise  # no such bucket / access denied: stops the job even with ignore_data_errors
         except (OSError, pa.ArrowException) as error:
             raise DataFileError(f"cannot read Parquet file {path}: {error}") from None
         self.row_group_rows = [
@@ -390,10 +406,18 @@ class ParquetDataFile:
             DataFileError: as :meth:`read`.
         """
         try:
-            parquet = pq.ParquetFile(self.path, metadata=self._metadata)
-            # One thread per row group: the loader runs several readers, and a fixed thread
-            # count keeps its CPU use predictable next to the trainer.
-            table = parquet.read_row_group(row_group, columns=self._columns, use_threads=False)
+            with _source(self.path) as source:
+                # pre_buffer on a remote file fetches the wanted column chunks of the row group
+                # in a few coalesced ranged reads instead of one request per page; a local
+                # file gains nothing from it.
+                parquet = pq.ParquetFile(
+                    source, metadata=self._metadata, pre_buffer=not isinstance(source, str)
+                )
+                # One thread per row group: the loader runs several readers, and a fixed thread
+                # count keeps its CPU use predictable next to the trainer.
+                table = parquet.read_row_group(row_group, columns=self._columns, use_threads=False)
+        except StorageError:
+            raise
         except (OSError, pa.ArrowException) as error:
             raise DataFileError(
                 f"cannot read row group {row_group} of Parquet file {self.path}: {error}"

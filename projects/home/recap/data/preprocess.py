@@ -13,9 +13,9 @@ Calling the step on full-width tensors gives the same result.
 from __future__ import annotations
 
 import dataclasses
+import io
 import logging
 from collections.abc import Callable, Mapping, Sequence
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -31,6 +31,7 @@ from projects.home.recap.data.config import (
     TruncateAndSlice,
 )
 from tml.core.errors import UserInputError
+from tml.storage import as_path
 
 logger = logging.getLogger(__name__)
 
@@ -216,7 +217,8 @@ class TruncateAndSliceStep:
 
 def _load_mask(path: str, width: int, where: str) -> np.ndarray:
     try:
-        mask = np.load(Path(path), allow_pickle=False)
+        # Read whole first: np.load needs a seekable file, which a remote object is not cheaply.
+        mask = np.load(io.BytesIO(as_path(path).read_bytes()), allow_pickle=False)
     except (OSError, ValueError) as error:
         raise PreprocessError(f"{where}: cannot read mask file {path}: {error}") from None
     if mask.ndim != 1 or len(mask) != width:
@@ -303,6 +305,7 @@ def build_preprocessor(
     mask_mantissa: Mapping[str, int],
     with_labels: bool,
     truncate_in_reader: bool = True,
+    keep_every_row: bool = False,
 ) -> Preprocessor:
     """The steps a dataset applies, in the reference's order.
 
@@ -315,6 +318,7 @@ def build_preprocessor(
         with_labels: False at inference: the label steps are left out.
         truncate_in_reader: Leave truncate_and_slice out of the steps because the reader
             applies its selection (the default); True only for full-width inputs.
+        keep_every_row: Leave downsample_negatives out, so that no row is dropped.
     """
     config = config or Preprocess()
     steps: list[Step] = []
@@ -323,7 +327,7 @@ def build_preprocessor(
     if with_labels:
         steps.append(ExampleWeightsStep(tasks, rates))
     downsample = None
-    if with_labels and config.downsample_negatives is not None:
+    if with_labels and not keep_every_row and config.downsample_negatives is not None:
         engagements = config.downsample_negatives.engagements_list or list(tasks)
         downsample = DownsampleNegativesStep(config.downsample_negatives, engagements)
         steps.append(downsample)

@@ -24,6 +24,11 @@ from projects.home.recap.data.sharing import DatasetError, RowGroup
 
 logger = logging.getLogger(__name__)
 
+# Arrays a window carries besides the features when asked for row ids: the index of the row's
+# file in the share, and the row's index within that file.
+ROW_FILE = "row_id/file"
+ROW_IN_FILE = "row_id/row"
+
 
 def open_files(
     file_format: FileFormat,
@@ -57,14 +62,28 @@ class WindowReader:
     Safe to call from several threads at once (the loader's reader pool does).
     """
 
-    def __init__(self, files: Sequence[DataFile], *, ignore_errors: bool, cache: bool):
+    def __init__(
+        self,
+        files: Sequence[DataFile],
+        *,
+        ignore_errors: bool,
+        cache: bool,
+        row_ids: bool = False,
+    ):
         """
         Args:
             files: The share's files (``RowGroup.file`` indexes them).
             ignore_errors: Skip (log and count) a row group that fails to decode.
             cache: Keep every decoded row group in memory for later epochs.
+            row_ids: Add ``ROW_FILE`` and ``ROW_IN_FILE`` (int64, one value per row).
         """
         self._files = list(files)
+        # First row of each row group within its file.
+        self._first_rows: list[np.ndarray] | None = (
+            [np.cumsum([0, *data_file.row_group_rows[:-1]]) for data_file in self._files]
+            if row_ids
+            else None
+        )
         self._ignore_errors = ignore_errors
         self._cache: dict[tuple[int, int], Arrays] | None = {} if cache else None
         self._skip_lock = threading.Lock()
@@ -105,6 +124,9 @@ class WindowReader:
         skipped row group are left out."""
         rows = window.rows
         out = self._files[window.row_groups[0].file].allocate(rows)
+        if self._first_rows is not None:
+            out[ROW_FILE] = np.empty(rows, dtype=np.int64)
+            out[ROW_IN_FILE] = np.empty(rows, dtype=np.int64)
         missing = None
         start = 0
         for unit in window.row_groups:
@@ -113,6 +135,10 @@ class WindowReader:
             if not self._read_into(unit, out, where):
                 missing = np.zeros(rows, dtype=bool) if missing is None else missing
                 missing[where] = True
+            elif self._first_rows is not None:
+                out[ROW_FILE][where] = unit.file
+                first = self._first_rows[unit.file][unit.row_group]
+                out[ROW_IN_FILE][where] = np.arange(first, first + unit.rows)
             start = stop
         if missing is not None:
             out = {name: values[~missing] for name, values in out.items()}

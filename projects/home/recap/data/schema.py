@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from tml.core.errors import UserInputError
+from tml.storage import as_path
 
 VARIABLE_LENGTH = -1
 
@@ -155,9 +156,9 @@ def load_schema(path: str | Path) -> SegDenseSchema:
     """
     path = str(path)
     try:
-        text = Path(path).read_text()
+        text = as_path(path).read_text()
     except OSError as error:
-        raise SchemaError(f"cannot read schema file {path}: {error.strerror}") from None
+        raise SchemaError(f"cannot read schema file {path}: {error.strerror or error}") from None
     try:
         data = json.loads(text)
     except json.JSONDecodeError as error:

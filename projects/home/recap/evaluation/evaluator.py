@@ -18,7 +18,6 @@ import json
 import logging
 import math
 import time
-from pathlib import Path
 
 import torch
 import torch.distributed as dist
@@ -32,6 +31,7 @@ from projects.home.recap.job_folder import JobFolder, MetricStream
 from projects.home.recap.lockstep import agreed_steps, lockstep_batches
 from tml.distributed import DistributedEnvironment
 from tml.observability.metric_loggers import MetricLoggers
+from tml.storage import AnyPath, write_atomically
 
 logger = logging.getLogger(__name__)
 
@@ -187,8 +187,6 @@ def format_summary(metrics: dict[str, float], tasks: list[str]) -> str:
     return "\n".join(lines)
 
 
-def write_results(path: Path, step: int, results: dict[str, float]) -> None:
+def write_results(path: AnyPath, step: int, results: dict[str, float]) -> None:
     """Writes one partition's results at a step as JSON, atomically."""
-    temporary = path.with_name(path.name + ".tmp")
-    temporary.write_text(json.dumps({"step": step, "metrics": results}, indent=1))
-    temporary.replace(path)
+    write_atomically(path, json.dumps({"step": step, "metrics": results}, indent=1))

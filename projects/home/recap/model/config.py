@@ -45,7 +45,8 @@ class LayerNormConfig(BaseConfig):
 
 
 class BatchNormConfig(BaseConfig):
-    """Batch normalisation (statistics are per rank; see the README)."""
+    """Batch normalisation (batch statistics per rank, running statistics averaged over the ranks
+    at every checkpoint and evaluation; see the README)."""
 
     affine: bool = Field(True, description="Learn a gain and a bias.")
     momentum: float = Field(

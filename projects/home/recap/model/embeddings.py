@@ -18,6 +18,7 @@ from projects.home.recap.embedding.config import (
     SmallEmbeddingsConfig,
 )
 from projects.home.recap.model.errors import ModelInputError
+from tml.checkpoint import storage_reader
 
 
 def init_embedding_(weight: torch.Tensor) -> None:
@@ -169,7 +170,7 @@ def load_pretrained_embeddings(large_embeddings: LargeEmbeddings | None) -> list
     weights = large_embeddings.table_weights()
     loaded = []
     for table, snapshot in pretrained:
-        metadata = dcp.FileSystemReader(snapshot.embedding_snapshot_uri).read_metadata()
+        metadata = storage_reader(snapshot.embedding_snapshot_uri).read_metadata()
         stored = metadata.state_dict_metadata.get(snapshot.emb_name)
         if stored is None or not hasattr(stored, "size"):
             names = sorted(metadata.state_dict_metadata)
@@ -186,7 +187,8 @@ def load_pretrained_embeddings(large_embeddings: LargeEmbeddings | None) -> list
         # dcp.load fills the (possibly sharded) state-dict tensor in place; it shares storage
         # with the table's weight.
         dcp.load(
-            {snapshot.emb_name: weights[table.name]}, checkpoint_id=snapshot.embedding_snapshot_uri
+            {snapshot.emb_name: weights[table.name]},
+            storage_reader=storage_reader(snapshot.embedding_snapshot_uri),
         )
         loaded.append(table.name)
     return loaded

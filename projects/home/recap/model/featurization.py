@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -27,6 +26,7 @@ from projects.home.recap.model.config import (
 )
 from projects.home.recap.model.errors import ModelInputError
 from projects.home.recap.model.norms import build_batch_norm, build_layer_norm
+from tml.storage import as_path
 
 Z_SCORE_KEYS = frozenset({"feature_name", "mean", "std", "count"})
 # The DenseInputs field of each name feature_names_to_concat may list.
@@ -149,7 +149,7 @@ def load_z_score_statistics(
             f"z_score_log ({path}) normalises the continuous features, but the data has none"
         )
     try:
-        stats = json.loads(Path(path).read_text())
+        stats = json.loads(as_path(path).read_text())
     except (OSError, json.JSONDecodeError) as error:
         raise ModelInputError(
             f"z_score_log analysis_path {path}: cannot read it: {error}"

@@ -22,7 +22,7 @@ from projects.home.recap.job_folder import JobFolder
 from projects.home.recap.train import build_trainer, run_training
 from tml.checkpoint import checkpoint_folder, is_complete
 from tml.core.config import apply_override
-from tml.distributed import distributed_environment
+from tml.distributed import distributed_environment, running_statistics
 from tml.observability.logging import setup_logging
 
 REPO = Path(__file__).resolve().parents[4]
@@ -170,6 +170,20 @@ def train_job(config: RecapConfig) -> int:
         setup_logging(environment.rank)
         batches = FixedBatches(config, environment.rank, environment.world_size)
         return run_training(config, environment, batches)
+
+
+def train_job_statistics(config: RecapConfig) -> tuple[int, dict[str, torch.Tensor]]:
+    """:func:`train_job`, returning also this rank's batch norm running statistics after it."""
+    with distributed_environment("cpu") as environment:
+        setup_logging(environment.rank)
+        batches = FixedBatches(config, environment.rank, environment.world_size)
+        with build_trainer(config, environment, batches) as trainer:
+            trainer.train()
+            statistics = {
+                name: tensor.detach().clone()
+                for name, tensor in running_statistics(trainer.model).items()
+            }
+            return trainer.step, statistics
 
 
 def full_parameters(config: RecapConfig, step: int) -> dict[str, torch.Tensor]:

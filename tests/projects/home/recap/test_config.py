@@ -176,6 +176,16 @@ MISTAKES = [
         "model.large_embeddings.tables[0].name: table 'unknown_ids' reads the renamed feature",
         id="large table without a feature",
     ),
+    pytest.param(
+        ["inference.passthrough_features=[meta.user_id, score]"],
+        "inference.passthrough_features: ['score'] would collide with the predictions' own columns",
+        id="passthrough named like a predictions column",
+    ),
+    pytest.param(
+        ["inference.passthrough_features=[meta.user_id, meta.user_id]"],
+        "inference.passthrough_features: features named twice: ['meta.user_id']",
+        id="passthrough twice",
+    ),
 ]
 
 

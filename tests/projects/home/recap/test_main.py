@@ -35,6 +35,12 @@ TASKS = [
 ]
 
 
+# A label the model does not train on, passed through to the predictions.
+PASSTHROUGH = "recap.engagement.is_bookmarked"
+INFERENCE = ["--mode", "inference", f"inference.passthrough_features=[{PASSTHROUGH}]"]
+SCORE = [sys.executable, "-m", "projects.home.recap.evaluation.score", "--config_path", str(CONFIG)]
+
+
 def environment(run_dir: Path) -> dict[str, str]:
     # Two ranks on the CPU over Gloo, also on a machine with one GPU.
     return {
@@ -110,8 +116,19 @@ def job(tmp_path_factory) -> Path:
     """A trained job, with an evaluator that was started before training began."""
     run_dir = tmp_path_factory.mktemp("e2e")
     generate(run_dir)
+    # On as many ranks as training, so that both read the same batches (a float32 forward can
+    # round a row differently in a batch of another size) and their metrics agree to 1e-6.
     evaluator = subprocess.Popen(
-        [sys.executable, *MAIN, "--mode", "evaluate", "training.eval_timeout_in_s=120"],
+        [
+            *TORCHRUN,
+            "--standalone",
+            "--nproc_per_node",
+            "2",
+            *MAIN,
+            "--mode",
+            "evaluate",
+            "training.eval_timeout_in_s=120",
+        ],
         cwd=REPO,
         env=environment(run_dir),
         stdout=subprocess.PIPE,
@@ -120,15 +137,13 @@ def job(tmp_path_factory) -> Path:
     )
     try:
         run([*TORCHRUN, "--standalone", "--nproc_per_node", "2", *MAIN], run_dir)
-        run(
-            [*TORCHRUN, "--standalone", "--nproc_per_node", "2", *MAIN, "--mode", "inference"],
-            run_dir,
-        )
+        run([*TORCHRUN, "--standalone", "--nproc_per_node", "2", *MAIN, *INFERENCE], run_dir)
         output, _ = evaluator.communicate(timeout=240)
     finally:
         evaluator.kill()
     assert evaluator.returncode == 0, output[-4000:]
     (run_dir / "evaluator.log").write_text(output)
+    run([*SCORE, "--json", str(run_dir / "scored.json")], run_dir)
     # The installed command, writing to the job folder's default export path.
     run(
         [str(Path(sys.executable).with_name("tml-recap-export")), "--config_path", str(CONFIG)],
@@ -183,8 +198,13 @@ def test_evaluator_followed_checkpoints_written_after_it_started(job):
     followed = by_step(folder.metrics_file(MetricStream.EVALUATOR))
     trained = by_step(folder.metrics_file(MetricStream.EVAL))
     assert list(followed) == [3, 6]
-    key = "all_tasks/auroc/recap.engagement.is_favorited"
-    assert followed[6][key] == pytest.approx(trained[6][key], abs=1e-9)
+    # The model has batch norm: the checkpoint holds the statistics the ranks evaluated with.
+    for step in (3, 6):
+        metrics = [key for key in trained[step] if "/" in key and not key.endswith("/seconds")]
+        assert "all_tasks/auroc/recap.engagement.is_favorited" in metrics
+        for key in metrics:
+            expected = pytest.approx(trained[step][key], abs=1e-6, nan_ok=True)
+            assert followed[step][key] == expected, key
     # Restarted after the job is done, it has nothing to wait for.
     started = time.monotonic()
     again = run([sys.executable, *MAIN, "--mode", "evaluate"], job)
@@ -199,15 +219,26 @@ def test_inference_writes_every_input_row_exactly_once(job):
     )
     assert [f.name for f in files] == ["predictions-0-of-2.parquet", "predictions-1-of-2.parquet"]
     predicted = pq.read_table(files)
-    source = pq.read_table(
-        sorted((job / "data" / "validation").glob("*.parquet")), columns=["meta.tweet_id"]
-    )
-    assert predicted.num_rows == source.num_rows == 300
-    assert sorted(predicted["tweet_id"].to_pylist()) == sorted(
-        value
-        for row in source["meta.tweet_id"].to_pylist()
-        for value in (row if isinstance(row, list) else [row])
-    )
+    sources = sorted((job / "data" / "validation").glob("*.parquet"))
+    assert predicted.num_rows == 300
+    # Every (file, row) exactly once, with that row's ids, labels and passthrough feature.
+    files, rows_in_file = predicted["source_file"].to_pylist(), predicted["source_row"].to_pylist()
+    places = list(zip(files, rows_in_file, strict=True))
+    assert len(set(places)) == 300
+    rows = {str(path): pq.read_table(path).to_pylist() for path in sources}
+    assert sorted(places) == sorted((path, row) for path in rows for row in range(len(rows[path])))
+
+    def value(row: dict, name: str):
+        data = row[name]
+        return data[0] if isinstance(data, list) else data
+
+    for prediction in predicted.to_pylist():
+        source = rows[prediction["source_file"]][prediction["source_row"]]
+        assert prediction["tweet_id"] == value(source, "meta.tweet_id")
+        assert prediction[PASSTHROUGH] == value(source, PASSTHROUGH)
+        for task in TASKS:
+            assert prediction[f"label/{task}"] == value(source, task)
+            assert prediction[f"weight/{task}"] == 1.0  # all_tasks is not downsampled
 
     def column(name: str):
         return predicted.column(name).to_numpy()
@@ -219,6 +250,45 @@ def test_inference_writes_every_input_row_exactly_once(job):
         + 0.005 * column("calibrated_probability/recap.engagement.is_video_playback_50")
     )
     assert column("score") == pytest.approx(expected, rel=1e-6)
+
+
+def test_scoring_the_predictions_reproduces_the_in_training_metrics(job):
+    scored = json.loads((job / "scored.json").read_text())
+    trained = by_step(job_folder(job).metrics_file(MetricStream.EVAL))[6]
+    prefix = "all_tasks/"
+    expected = {
+        key.removeprefix(prefix): value
+        for key, value in trained.items()
+        if key.startswith(prefix) and not key.endswith("/seconds") and key != f"{prefix}loss"
+    }
+    assert "auroc/recap.engagement.is_favorited/first_column_zero" in expected
+    assert scored.keys() == expected.keys()
+    # Inference reads in file order, evaluation shuffled: a row's float32 forward can round
+    # differently beside other rows (~1e-8 relatively). RCE = 100 (1 - CE / CE_0) magnifies that
+    # by 100 CE / |CE_0 - CE| (~100x for this barely trained model), so RCE and NRCE agree to
+    # 1e-5 relatively; every other metric to 1e-6.
+    for key, value in expected.items():
+        if math.isnan(value):  # e.g. precision with no positive prediction
+            assert math.isnan(scored[key]), key
+            continue
+        magnified = key.startswith(("rce/", "nrce/"))
+        tolerance = {"rel": 1e-5} if magnified else {"abs": 1e-6}
+        assert scored[key] == pytest.approx(value, **tolerance), key
+
+
+def test_scoring_without_predictions_is_one_line(job, tmp_path):
+    result = subprocess.run(
+        [*SCORE, "--predictions", str(tmp_path)],
+        cwd=REPO,
+        env=environment(job),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 2
+    assert result.stderr.strip() == (
+        f"error: no predictions files (predictions-*-of-*.parquet) in {tmp_path}"
+    )
 
 
 def test_export_reproduces_the_trainers_predictions(job):

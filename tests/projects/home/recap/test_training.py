@@ -13,6 +13,7 @@ from tests.projects.home.recap.distributed_jobs import (
     full_parameters,
     tiny_config,
     train_job,
+    train_job_statistics,
 )
 
 pytestmark = pytest.mark.slow
@@ -73,6 +74,31 @@ def test_two_sharded_ranks_train_like_one_rank(tmp_path, initial_weights):
         expected = final[f"model.large_embeddings.ebc.embedding_bags.{table}.weight"].norm()
         assert logged(tmp_path / "two")[-1][f"norm/{table}"] == pytest.approx(float(expected))
         assert logged(tmp_path / "one")[-1][f"norm/{table}"] == pytest.approx(float(expected))
+
+
+def test_batch_norm_statistics_are_the_same_on_every_rank_and_in_the_checkpoint(tmp_path):
+    # Each rank normalises its own half of every batch, so its running statistics differ from
+    # the other rank's until the trainer averages them (before each checkpoint and evaluation).
+    config = tiny_config(
+        tmp_path / "bn",
+        "model.backbone.mlp_config={layer_sizes: [16, 16], final_layer_activation: true, "
+        "batch_norm: {affine: true, momentum: 0.5}}",
+        "model.featurization_config={double_norm_log_config: {batch_norm_config: "
+        "{affine: false, momentum: 0.5}}}",
+    )
+    (step_0, rank_0), (step_1, rank_1) = run_on_ranks(
+        train_job_statistics, 2, config, workdir=tmp_path
+    )
+    assert step_0 == step_1 == 4
+    assert len(rank_0) == 4  # the featurization's and the backbone's mean and variance
+    saved = full_parameters(config, 4)
+    for name, statistic in rank_0.items():
+        torch.testing.assert_close(rank_1[name], statistic, rtol=0, atol=0, msg=name)
+        saved_name = name.removeprefix("_dmp_wrapped_module.").removeprefix("module.")
+        torch.testing.assert_close(saved[saved_name], statistic, rtol=0, atol=0, msg=name)
+    # Trained statistics, not the initial ones (mean 0, variance 1).
+    means = [statistic for name, statistic in rank_0.items() if name.endswith("mean")]
+    assert any(not torch.all(mean == 0) for mean in means)
 
 
 def test_warm_start_loads_weights_and_restarts_its_own_schedule(tmp_path, initial_weights):

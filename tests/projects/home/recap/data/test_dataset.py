@@ -13,6 +13,7 @@ from projects.home.recap.data.features import build_input_spec
 from projects.home.recap.data.files import FileSelectionError
 from projects.home.recap.data.parquet_format import SegDenseWriter
 from projects.home.recap.data.reader import DataFileError
+from projects.home.recap.data.reading import ROW_FILE, ROW_IN_FILE
 from projects.home.recap.data.schema import load_schema
 from projects.home.recap.embedding.config import LargeEmbeddingsConfig
 from tml.training.data_position import PositionTrackingIterator
@@ -118,16 +119,59 @@ def test_without_example_shuffling_rows_stay_in_row_group_order(write_files, mak
         assert ids == list(range(ids[0], ids[0] + 4)) and ids[0] % 4 == 0
 
 
-def test_inference_keeps_every_row_in_file_order_without_labels(write_files, make_config):
+def test_a_pass_without_labels_keeps_every_row_in_file_order(write_files, make_config):
     write_files([10, 7])
     config = make_config(preprocess={"truncate_and_slice": {"continuous_feature_truncation": 3}})
-    batches = list(build_dataset(config, options=INFERENCE, tasks=TASKS))
+    unlabelled = ReadOptions(
+        shuffle=False, repeat=False, with_labels=False, weigh_by_sampling_rates=False
+    )
+    batches = list(build_dataset(config, options=unlabelled, tasks=TASKS))
     assert list(itertools.chain.from_iterable(map(ids_of, batches))) == list(range(17))
     assert batches[-1].batch_size == 1
     for batch in batches:
         assert batch.labels.shape == (batch.batch_size, 0)
         assert batch.weights.shape == (batch.batch_size, 0)
         assert batch.inputs.continuous_features.shape == (batch.batch_size, 3)
+        assert ROW_FILE not in batch.extra_features
+
+
+def test_inference_reads_every_row_once_with_labels_weights_and_its_place(write_files, make_config):
+    paths = write_files([10, 7], row_group_size=3)
+    config = make_config(
+        tasks={"label.a": {"pos_downsampling_rate": 0.5}, "label.b": {}, "label.c": {}},
+        # Would drop negatives; inference keeps every row.
+        preprocess={"downsample_negatives": {"batch_multiplier": 2, "num_engagements": 2}},
+    )
+    dataset = build_dataset(config, options=INFERENCE, tasks=TASKS)
+    batches = list(dataset)
+    assert dataset.file_paths == paths
+    ids = list(itertools.chain.from_iterable(map(ids_of, batches)))
+    assert ids == list(range(17))
+    files = torch.cat([batch.extra_features[ROW_FILE] for batch in batches]).tolist()
+    rows = torch.cat([batch.extra_features[ROW_IN_FILE] for batch in batches]).tolist()
+    assert files == [0] * 10 + [1] * 7
+    assert rows == [*range(10), *range(7)]
+    labels = torch.cat([batch.labels for batch in batches])
+    weights = torch.cat([batch.weights for batch in batches])
+    expected_c = [float(i % 7 == 0) for i in ids]
+    expected_a = [float(i % 3 == 0) for i in ids]
+    assert labels[:, 0].tolist() == expected_c and labels[:, 1].tolist() == expected_a
+    # label.a's positives were kept at rate 0.5: they weigh 2, as in evaluation.
+    assert weights[:, 1].tolist() == [2.0 if a else 1.0 for a in expected_a]
+
+
+def test_row_ids_of_two_ranks_sharing_row_groups_cover_the_file_once(write_files, make_config):
+    (path,) = write_files([17], row_group_size=3)
+    config = make_config(cache=True)
+    seen = []
+    for rank in (0, 1):
+        dataset = build_dataset(config, options=INFERENCE, tasks=TASKS, rank=rank, world_size=2)
+        assert dataset.file_paths == [path]
+        for batch in dataset:
+            places = batch.extra_features[ROW_IN_FILE].tolist()
+            assert places == ids_of(batch)  # one file: the id is the row
+            seen += places
+    assert sorted(seen) == list(range(17))
 
 
 @pytest.mark.parametrize("sizes", [[5, 6, 7], [17]], ids=["files", "row_groups"])
@@ -273,7 +317,14 @@ def test_large_embedding_ids_and_extra_features(write_files, make_config):
     assert batch.sparse_features.keys() == ["meta__user_id"]
     assert batch.sparse_features.values().tolist() == hash_ids(ids * 7919, 97).tolist()
     assert batch.sparse_features.lengths().tolist() == [1] * len(ids)
-    assert set(batch.extra_features) == {"meta__user_id", "meta__tweet_id", "ts.served", "disc2"}
+    assert set(batch.extra_features) == {
+        "meta__user_id",
+        "meta__tweet_id",
+        "ts.served",
+        "disc2",
+        ROW_FILE,
+        ROW_IN_FILE,
+    }
     assert batch.extra_features["disc2"].flatten().tolist() == (ids * 10 + 2).tolist()
 
 

@@ -1,0 +1,140 @@
+"""The real command line on a job whose data and save_dir are S3 URLs (moto on loopback, see
+tests/conftest.py): 2-rank training stopped and resumed from the bucket, the follower,
+inference and export give the numbers of the same job on local disk; injected 503s and slow
+answers are retried; a missing bucket is one line and exit 2."""
+
+from __future__ import annotations
+
+import io
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import fsspec
+import pyarrow.parquet as pq
+import pytest
+import torch
+
+from tests.projects.home.recap.test_main import MAIN, REPO, TORCHRUN, environment, generate, run
+
+pytestmark = pytest.mark.slow
+
+PARTITIONS = ("all_tasks", "favorited_downsampled")
+
+
+def data_overrides(root: str) -> list[str]:
+    return [
+        f"train_data.inputs={root}/data/train/*.parquet",
+        *(f"validation_data.{name}.inputs={root}/data/validation/*.parquet" for name in PARTITIONS),
+    ]
+
+
+def run_job(run_dir: Path, save_dir: str, data_root: str) -> None:
+    overrides = [f"training.save_dir={save_dir}", *data_overrides(data_root)]
+    torchrun = [*TORCHRUN, "--standalone", "--nproc_per_node", "2", *MAIN]
+    # Stopped after the first checkpoint (step 3), then resumed from it to step 6.
+    run([*torchrun, *overrides, "training.num_train_steps=3"], run_dir)
+    run([*torchrun, *overrides], run_dir)
+    run(
+        [sys.executable, *MAIN, "--mode", "evaluate", "training.eval_timeout_in_s=1", *overrides],
+        run_dir,
+    )
+    run([*torchrun, "--mode", "inference", *overrides], run_dir)
+    export = str(Path(sys.executable).with_name("tml-recap-export"))
+    run([export, "--config_path", MAIN[-1], *overrides], run_dir)
+
+
+def read(url_or_path: str) -> bytes:
+    with fsspec.open(url_or_path, "rb") as file:
+        return file.read()
+
+
+def metric_records(save_dir: str, stream: str) -> list[dict]:
+    lines = read(f"{save_dir}/{stream}.jsonl").decode().splitlines()
+    # Timings (time, throughput, wall clock) differ between any two runs; the numbers do not.
+    timing = ("time", "per_second", "wall", "seconds")
+    return [
+        {k: v for k, v in json.loads(line).items() if not any(t in k for t in timing)}
+        for line in lines
+    ]
+
+
+@pytest.fixture(scope="module")
+def jobs(tmp_path_factory, s3_server) -> tuple[str, str]:
+    """The same job run on local disk and on a bucket; (local save_dir, remote save_dir)."""
+    run_dir = tmp_path_factory.mktemp("remote_e2e")
+    generate(run_dir)
+    fs = fsspec.filesystem("s3")
+    fs.mkdir("remote-job")
+    for part in ("train", "validation"):
+        fs.put(str(run_dir / "data" / part), f"remote-job/data/{part}", recursive=True)
+    run_job(run_dir, str(run_dir / "local"), str(run_dir))
+    # A few 503s and slow answers while the bucket job runs: retried, never seen by the job.
+    s3_server.faults.fail_next = 6
+    s3_server.faults.delay_next, s3_server.faults.delay_seconds = 6, 0.5
+    failed = s3_server.faults.failed
+    run_job(run_dir, "s3://remote-job/model", "s3://remote-job")
+    assert s3_server.faults.failed == failed + 6
+    return str(run_dir / "local"), "s3://remote-job/model"
+
+
+def test_training_resumed_from_the_bucket_equals_the_local_job(jobs):
+    local, remote = jobs
+    assert metric_records(remote, "train") == metric_records(local, "train")
+    assert metric_records(remote, "eval") == metric_records(local, "eval")
+    fs = fsspec.filesystem("s3")
+    assert fs.exists("remote-job/model/checkpoints/step_6/COMPLETE")
+    assert fs.exists("remote-job/model/checkpoints/step_3/rank_1.json")
+
+
+def test_the_follower_evaluates_the_bucket_checkpoints_like_local_ones(jobs):
+    local, remote = jobs
+    records = metric_records(remote, "evaluator")
+    assert records and records == metric_records(local, "evaluator")
+    assert read(f"{remote}/checkpoints/step_6/evaluated_all_tasks.json")
+
+
+def test_inference_writes_the_local_predictions_to_the_bucket(jobs):
+    local, remote = jobs
+    for rank in range(2):
+        name = f"predictions/step_6/predictions-{rank}-of-2.parquet"
+        remote_table = pq.read_table(io.BytesIO(read(f"{remote}/{name}")))
+        local_table = pq.read_table(f"{local}/{name}")
+        assert remote_table.num_rows > 0 and remote_table.equals(local_table)
+
+
+def test_export_writes_the_servable_to_the_bucket(jobs):
+    local, remote = jobs
+    remote_program = torch.export.load(io.BytesIO(read(f"{remote}/exports/step_6.pt2")))
+    local_program = torch.export.load(f"{local}/exports/step_6.pt2")
+    remote_state, local_state = remote_program.state_dict, local_program.state_dict
+    assert remote_state.keys() == local_state.keys()
+    for name, value in local_state.items():
+        torch.testing.assert_close(remote_state[name], value)
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("training.save_dir=s3://no-such-bucket-10/model", "s3://no-such-bucket-10/model"),
+        (
+            "train_data.inputs=s3://no-such-bucket-10/data/*.parquet",
+            "s3://no-such-bucket-10/data/*.parquet: no such bucket",
+        ),
+    ],
+)
+def test_a_missing_bucket_is_one_line_and_exit_2(tmp_path, s3_server, override, message):
+    generate(tmp_path)
+    result = subprocess.run(
+        [sys.executable, *MAIN, override],
+        cwd=REPO,
+        env=environment(tmp_path),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 2, result.stderr[-2000:]
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and message in errors[0], result.stderr[-2000:]
+    assert "no such bucket" in errors[0] and "Traceback" not in result.stderr

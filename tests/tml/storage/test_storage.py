@@ -1,0 +1,96 @@
+"""The storage layer against a real S3 server on loopback (moto, see tests/conftest.py)."""
+
+import re
+from pathlib import Path
+
+import pytest
+
+from tml.core.errors import UserInputError
+from tml.storage import (
+    RemotePath,
+    StorageError,
+    as_path,
+    list_files,
+    remove_tree,
+    write_atomically,
+)
+
+
+def test_local_paths_and_file_urls_stay_pathlib(tmp_path):
+    assert as_path(str(tmp_path)) == tmp_path
+    assert as_path(f"file://{tmp_path}") == tmp_path
+    assert isinstance(as_path("s3://bucket/key"), RemotePath)
+
+
+def test_remote_paths_join_and_name_like_pathlib():
+    path = as_path("s3://bucket/job/") / "checkpoints" / "step_3"
+    assert str(path) == "s3://bucket/job/checkpoints/step_3"
+    assert path.name == "step_3"
+    assert str(path.parent) == "s3://bucket/job/checkpoints"
+    assert str(path.with_name("step_6")) == "s3://bucket/job/checkpoints/step_6"
+    assert (path / "x.parquet").suffix == ".parquet"
+
+
+def test_write_read_list_and_remove_on_a_bucket(s3_bucket):
+    root = as_path(s3_bucket) / "job"
+    write_atomically(root / "a" / "one.json", '{"a": 1}')
+    (root / "a" / "two.parquet").write_bytes(b"x")
+    (root / "b" / "c" / "three.parquet").write_text("y")
+    assert (root / "a" / "one.json").read_text() == '{"a": 1}'
+    assert (root / "a").is_dir() and (root / "a" / "one.json").is_file()
+    assert not (root / "missing").exists()
+    assert [child.name for child in root.iterdir()] == ["a", "b"]
+    assert [path.name for path in (root / "a").glob("*.parquet")] == ["two.parquet"]
+    assert list_files(f"{root}/**/*.parquet") == [
+        f"{root}/a/two.parquet",
+        f"{root}/b/c/three.parquet",
+    ]
+    remove_tree(root / "a")
+    assert not (root / "a").exists()
+    assert (root / "b" / "c" / "three.parquet").exists()
+    with pytest.raises(ValueError, match="cannot append"):
+        (root / "log.jsonl").open("a")
+
+
+def test_a_missing_bucket_is_one_line_naming_the_url(s3_server):
+    pattern = "s3://no-such-bucket-10/x/*.parquet"
+    with pytest.raises(StorageError, match=f"^{re.escape(pattern)}: no such bucket$"):
+        list_files(pattern)
+    with pytest.raises(StorageError, match="s3://no-such-bucket-10/job: no such bucket"):
+        as_path("s3://no-such-bucket-10/job").mkdir(parents=True, exist_ok=True)
+    with pytest.raises(UserInputError, match=r"s3://no-such-bucket-10/a\.json: no such bucket"):
+        as_path("s3://no-such-bucket-10/a.json").read_text()
+
+
+def test_a_missing_key_is_file_not_found_naming_the_url(s3_bucket):
+    with pytest.raises(FileNotFoundError, match=f"{s3_bucket}/none.json: no such file"):
+        as_path(f"{s3_bucket}/none.json").read_text()
+
+
+def test_denied_access_is_one_line_naming_the_url(s3_server, s3_bucket):
+    (as_path(s3_bucket) / "x.parquet").write_bytes(b"x")
+    s3_server.faults.denied_buckets.add(s3_bucket.removeprefix("s3://"))
+    with pytest.raises(StorageError, match=f"^{s3_bucket}/x.parquet: access denied"):
+        (as_path(s3_bucket) / "x.parquet").read_bytes()
+    with pytest.raises(StorageError, match="access denied"):
+        list_files(f"{s3_bucket}/*.parquet")
+
+
+def test_transient_errors_and_slow_answers_are_retried(s3_server, s3_bucket):
+    path = as_path(s3_bucket) / "data.bin"
+    path.write_bytes(b"payload")
+    failed = s3_server.faults.failed
+    s3_server.faults.fail_next = 3
+    assert path.read_bytes() == b"payload"
+    s3_server.faults.fail_next = 2
+    (as_path(s3_bucket) / "written.bin").write_bytes(b"abc")
+    assert (as_path(s3_bucket) / "written.bin").read_bytes() == b"abc"
+    assert s3_server.faults.failed == failed + 5
+    s3_server.faults.delay_next, s3_server.faults.delay_seconds = 2, 0.3
+    assert path.read_bytes() == b"payload"
+    assert s3_server.faults.delay_next == 0
+
+
+def test_local_write_atomically_leaves_no_temporary(tmp_path: Path):
+    write_atomically(tmp_path / "a.json", "{}")
+    assert [path.name for path in tmp_path.iterdir()] == ["a.json"]
