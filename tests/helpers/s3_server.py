@@ -166,6 +166,11 @@ class S3Server:
         threading.Thread(target=proxy.serve_forever, daemon=True, name="s3-proxy").start()
         return cls(f"http://127.0.0.1:{proxy.server_address[1]}", faults, moto, proxy)
 
+    @property
+    def moto_endpoint(self) -> str:
+        """moto itself, without the fault-injecting proxy (benchmarks)."""
+        return f"http://127.0.0.1:{self._moto._port}"
+
     def stop(self) -> None:
         self._proxy.shutdown()
         self._proxy.server_close()

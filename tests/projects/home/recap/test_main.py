@@ -48,6 +48,8 @@ def environment(run_dir: Path) -> dict[str, str]:
         "TML_TEST_RUN": str(run_dir),
         "OMP_NUM_THREADS": "1",
         "CUDA_VISIBLE_DEVICES": "",
+        # Where a job with a bucket save_dir keeps its TensorBoard files (never the checkout).
+        "TML_TENSORBOARD_DIR": str(run_dir / "tensorboard"),
     }
 
 

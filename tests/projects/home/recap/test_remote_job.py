@@ -101,6 +101,15 @@ def test_inference_writes_the_local_predictions_to_the_bucket(jobs):
         name = f"predictions/step_6/predictions-{rank}-of-2.parquet"
         remote_table = pq.read_table(io.BytesIO(read(f"{remote}/{name}")))
         local_table = pq.read_table(f"{local}/{name}")
+        # Rows name the file they came from: the same files, under a bucket or a local folder.
+        files = [
+            [path.rsplit("/", 1)[-1] for path in table.column("source_file").to_pylist()]
+            for table in (remote_table, local_table)
+        ]
+        assert files[0] == files[1]
+        remote_table, local_table = (
+            table.drop_columns(["source_file"]) for table in (remote_table, local_table)
+        )
         assert remote_table.num_rows > 0 and remote_table.equals(local_table)
 
 
