@@ -3,9 +3,12 @@
 torchrec's ``DistributedModelParallel`` wraps the dense part in DDP with
 ``broadcast_buffers=False``, so each rank's BatchNorm layers track the statistics of that rank's
 own batches. Left alone, the ranks drift apart: each evaluates its share of the data with other
-statistics, and a checkpoint holds whichever copy its writer picked. Averaging the running
-statistics over the ranks before a checkpoint or an evaluation gives every rank, every
-checkpoint and every way of evaluating it the same statistics.
+statistics, and a checkpoint holds whichever copy its writer picked. The trainer averages the
+running statistics over the ranks after every optimizer step, which gives every rank, every
+checkpoint and every way of evaluating it the same statistics. (The running statistics are
+moving averages, so averaging them every step gives, up to rounding, what averaging them once at
+the end would; doing it every step keeps a checkpoint written at any step exactly what an
+uninterrupted run holds at that step.)
 """
 
 from __future__ import annotations

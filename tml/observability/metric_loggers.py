@@ -7,12 +7,12 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import os
 import time
 from collections.abc import Callable, Iterable, Mapping
 from typing import IO, Protocol
 
+from tml.observability.metric_json import metrics_to_json
 from tml.storage import RemotePath, as_path
 
 logger = logging.getLogger(__name__)
@@ -70,9 +70,9 @@ class JsonlLogger:
         record = {
             "step": step,
             "time": time.time(),
-            **{k: _jsonable(v) for k, v in metrics.items()},
+            **metrics_to_json(metrics),
         }
-        line = json.dumps(record) + "\n"
+        line = json.dumps(record, allow_nan=False) + "\n"
         if self._file is None:
             self._text += line
             self._path.write_text(self._text)
@@ -159,8 +159,3 @@ def _format(value: float) -> str:
     ):
         return str(int(value))
     return f"{value:.4g}"
-
-
-def _jsonable(value: float) -> float | str:
-    # JSON has no NaN or infinity; keep them readable instead of writing invalid JSON.
-    return value if math.isfinite(value) else str(value)

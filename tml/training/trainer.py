@@ -128,8 +128,6 @@ class Trainer:
         self._first_step = 0
         self.wall_time = 0.0
         self._interval = _IntervalStats(environment.device, len(settings.task_names))
-        # The step at which the ranks' batch norm statistics were last made equal.
-        self._statistics_agreed_at: int | None = None
         self._finite = _FiniteLossGuard(environment.device)
         self._watchdog = StepWatchdog(settings.step_timeout_s, environment.rank)
 
@@ -214,6 +212,11 @@ class Trainer:
                     self._interval.add(outputs)
                     self._finite.add(outputs["loss"])
                 self._finite.step_done()
+                # Each rank's batch norm layers track their own batches (torchrec's data
+                # parallelism does not broadcast buffers). Averaging after every step, not only
+                # before a checkpoint, keeps the ranks equal at every step, so a checkpoint
+                # written at any step (a preempted one too) resumes bit-exactly.
+                average_running_statistics(self.model)
                 self.step += 1
                 elapsed = time.perf_counter() - started
                 self.wall_time += elapsed
@@ -330,18 +333,8 @@ class Trainer:
             "lower the learning rates or check the inputs for huge values"
         )
 
-    def _agree_on_statistics(self) -> None:
-        # Each rank's batch norm layers track their own batches (torchrec's data parallelism
-        # does not broadcast buffers); checkpoints and evaluations use the ranks' average, so
-        # every rank, every checkpoint and every later evaluation of it hold the same ones.
-        # Once per step: averaging equal values again could round them differently.
-        if self._statistics_agreed_at != self.step:
-            average_running_statistics(self.model)
-            self._statistics_agreed_at = self.step
-
     def _save_checkpoint(self, iterator: PositionTrackingIterator) -> None:
         self._check_finite(weights=True)
-        self._agree_on_statistics()
         consumed = (self.step - self._first_step) * self.settings.gradient_accumulation
         rank_state = {
             "data": iterator.position_after(consumed),
@@ -355,7 +348,6 @@ class Trainer:
         # The pipeline rewrites sharded modules' forwards for overlap; evaluation needs the
         # plain forward, so the model is detached for the duration.
         model = inner.detach()
-        self._agree_on_statistics()
         try:
             with self._watchdog.paused():
                 self.evaluate(model, self.step)

@@ -30,6 +30,7 @@ from projects.home.recap.inputs import InputSpec
 from projects.home.recap.job_folder import JobFolder, MetricStream
 from projects.home.recap.lockstep import agreed_steps, lockstep_batches
 from tml.distributed import DistributedEnvironment
+from tml.observability.metric_json import metrics_to_json
 from tml.observability.metric_loggers import MetricLoggers
 from tml.storage import AnyPath, write_atomically
 
@@ -189,4 +190,5 @@ def format_summary(metrics: dict[str, float], tasks: list[str]) -> str:
 
 def write_results(path: AnyPath, step: int, results: dict[str, float]) -> None:
     """Writes one partition's results at a step as JSON, atomically."""
-    write_atomically(path, json.dumps({"step": step, "metrics": results}, indent=1))
+    record = {"step": step, "metrics": metrics_to_json(results)}
+    write_atomically(path, json.dumps(record, indent=1, allow_nan=False))

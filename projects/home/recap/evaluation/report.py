@@ -17,21 +17,27 @@ from projects.home.recap.job_folder import JobFolder, MetricStream
 from tml.core.cli import add_config_arguments, exit_status
 from tml.core.config import load_config_from_yaml
 from tml.core.errors import UserInputError
+from tml.observability.metric_json import metrics_from_json
 
 _STREAMS = (MetricStream.EVAL, MetricStream.EVALUATOR)
 
 
 def latest_results(job: JobFolder) -> tuple[int, dict[str, float]]:
-    """The step and metrics of the newest evaluation record of a job."""
+    """The step and metrics of the newest evaluation of a job, every partition's records merged
+    (each partition logs its own record at a step)."""
     for stream in _STREAMS:
         path = job.metrics_file(stream)
         if path.is_file():
-            lines = [line for line in path.read_text().splitlines() if line.strip()]
-            if lines:
-                record = json.loads(lines[-1])
-                step = record.pop("step")
-                record.pop("time", None)
-                return step, record
+            records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+            if records:
+                step = records[-1]["step"]
+                merged: dict[str, float] = {}
+                for record in records:
+                    if record["step"] == step:
+                        merged.update(metrics_from_json(record))
+                merged.pop("step")
+                merged.pop("time", None)
+                return step, merged
     names = " or ".join(job.metrics_file(stream).name for stream in _STREAMS)
     raise UserInputError(f"no evaluation results in {job.root} ({names})")
 

@@ -34,6 +34,7 @@ from tml.core.cli import add_config_arguments, exit_status
 from tml.core.config import load_config_from_yaml
 from tml.core.errors import UserInputError
 from tml.observability.logging import setup_logging
+from tml.observability.metric_json import metrics_to_json
 
 logger = logging.getLogger(__name__)
 
@@ -129,7 +130,9 @@ def main(argv: list[str] | None = None) -> int:
             format_summary(results, list(config.model.tasks)),
         )
         if args.json:
-            Path(args.json).write_text(json.dumps(results, indent=1))
+            Path(args.json).write_text(
+                json.dumps(metrics_to_json(results), indent=1, allow_nan=False)
+            )
         for name, value in results.items():
             print(f"{name}\t{value:.6g}")
 

@@ -21,6 +21,7 @@ from projects.home.recap.model.servable import servable_inputs
 from tests.helpers.multiprocess import free_port
 from tml.checkpoint import checkpoint_folder, complete_steps
 from tml.core.config import load_config_from_yaml
+from tml.observability.metric_json import metrics_from_json
 
 pytestmark = pytest.mark.slow
 
@@ -102,7 +103,7 @@ def config_for(run_dir: Path, *overrides: str) -> RecapConfig:
 
 
 def records(path: Path) -> list[dict]:
-    return [json.loads(line) for line in path.read_text().splitlines()]
+    return [metrics_from_json(json.loads(line)) for line in path.read_text().splitlines()]
 
 
 def by_step(path: Path) -> dict[int, dict]:
@@ -255,7 +256,7 @@ def test_inference_writes_every_input_row_exactly_once(job):
 
 
 def test_scoring_the_predictions_reproduces_the_in_training_metrics(job):
-    scored = json.loads((job / "scored.json").read_text())
+    scored = metrics_from_json(json.loads((job / "scored.json").read_text()))
     trained = by_step(job_folder(job).metrics_file(MetricStream.EVAL))[6]
     prefix = "all_tasks/"
     expected = {

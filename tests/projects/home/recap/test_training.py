@@ -78,7 +78,7 @@ def test_two_sharded_ranks_train_like_one_rank(tmp_path, initial_weights):
 
 def test_batch_norm_statistics_are_the_same_on_every_rank_and_in_the_checkpoint(tmp_path):
     # Each rank normalises its own half of every batch, so its running statistics differ from
-    # the other rank's until the trainer averages them (before each checkpoint and evaluation).
+    # the other rank's unless the trainer averages them (after every step).
     config = tiny_config(
         tmp_path / "bn",
         "model.backbone.mlp_config={layer_sizes: [16, 16], final_layer_activation: true, "
