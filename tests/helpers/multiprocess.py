@@ -10,7 +10,19 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import torch
 import torch.multiprocessing as mp
+
+# Ranks start from a fork server that imported these once per test session: a spawned child
+# would spend ~7 s of CPU importing torch and torchrec again for every multi-process test.
+_PRELOADED = [
+    "torch",
+    "torchrec",
+    "fbgemm_gpu",
+    "projects.home.recap.build",
+    "projects.home.recap.train",
+    "tests.projects.home.recap.distributed_jobs",
+]
 
 
 def free_port() -> int:
@@ -29,6 +41,8 @@ def _worker(rank: int, world_size: int, port: int, function: Callable, args: tup
         LOCAL_WORLD_SIZE=str(world_size),
         OMP_NUM_THREADS="1",
     )
+    # The fork server imported torch before the variable above was set.
+    torch.set_num_threads(1)
     try:
         result = function(*args)
     except BaseException:
@@ -46,8 +60,12 @@ def run_on_ranks(
     out = Path(workdir) / f"ranks_{free_port()}"
     out.mkdir(parents=True)
     try:
-        mp.spawn(
-            _worker, args=(world_size, free_port(), function, args, str(out)), nprocs=world_size
+        mp.set_forkserver_preload(_PRELOADED)
+        mp.start_processes(
+            _worker,
+            args=(world_size, free_port(), function, args, str(out)),
+            nprocs=world_size,
+            start_method="forkserver",
         )
     except Exception as error:
         details = "\n".join(p.read_text() for p in sorted(out.glob("error_*.txt")))

@@ -15,6 +15,7 @@ from pathlib import Path
 import torch
 
 from projects.home.recap.config import RecapConfig
+from tests.projects.home.recap.tiny_data import generate
 from tml.core.config import load_config_from_yaml
 
 REPO = Path(__file__).resolve().parents[4]
@@ -138,23 +139,5 @@ def differing(got: dict[str, torch.Tensor], want: dict[str, torch.Tensor]) -> li
 
 
 def generate_training_data(run_dir: Path) -> None:
-    """640 random examples in 2 files under ``run_dir/data/train``."""
-    subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "projects.home.recap.tools.generate_random_data",
-            "--config_path",
-            str(CONFIG),
-            "--num_examples",
-            "640",
-            "--num_files",
-            "2",
-            "--row_group_size",
-            "64",
-        ],
-        cwd=REPO,
-        env=environment(run_dir),
-        check=True,
-        capture_output=True,
-    )
+    """The tiny jobs' data under ``run_dir/data`` (640 training examples in 2 files)."""
+    generate(run_dir)

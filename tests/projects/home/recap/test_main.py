@@ -19,6 +19,7 @@ from projects.home.recap.data.dataset import ReadOptions, build_dataset
 from projects.home.recap.job_folder import JobFolder, MetricStream
 from projects.home.recap.model.servable import servable_inputs
 from tests.helpers.multiprocess import free_port
+from tests.projects.home.recap.tiny_data import generate
 from tml.checkpoint import checkpoint_folder, complete_steps
 from tml.core.config import load_config_from_yaml
 from tml.observability.metric_json import metrics_from_json
@@ -65,33 +66,6 @@ def run(command: list[str], run_dir: Path, timeout: float = 300) -> subprocess.C
     )
     assert result.returncode == 0, f"{' '.join(command)}\n{result.stderr[-4000:]}"
     return result
-
-
-def generate(run_dir: Path) -> None:
-    generator = [
-        sys.executable,
-        "-m",
-        "projects.home.recap.tools.generate_random_data",
-        "--config_path",
-        str(CONFIG),
-    ]
-    run(
-        [*generator, "--num_examples", "640", "--num_files", "2", "--row_group_size", "64"], run_dir
-    )
-    run(
-        [
-            *generator,
-            "--num_examples",
-            "300",
-            "--num_files",
-            "2",
-            "--row_group_size",
-            "64",
-            "--partition",
-            "all_tasks",
-        ],
-        run_dir,
-    )
 
 
 def config_for(run_dir: Path, *overrides: str) -> RecapConfig:
