@@ -37,6 +37,12 @@ class TableConfig(BaseConfig):
         description="The table's fused (in-backward) optimizer and its learning-rate schedule: "
         "sgd (without momentum) or adagrad anywhere, adam on GPUs."
     )
+    vocab: str | None = Field(
+        None,
+        description="Directory of Parquet files mapping raw entity ids to this table's rows "
+        "(int64 columns id, row), as recap's vocab; the export then keys each listed entity's "
+        "vector by its raw id (null: by its row).",
+    )
     sharding_types: list[ShardingType] | None = Field(
         None,
         description="Sharding types the planner may choose for this table (default: table_wise "

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import torch
@@ -13,8 +14,9 @@ import torch
 from projects.home.recap.build import build_whole_model as build_recap_model
 from projects.home.recap.build import model_input_spec
 from projects.home.recap.model.embeddings import load_pretrained_embeddings
+from projects.twhin.build import build_whole_model as build_twhin_model
 from projects.twhin.evaluation import random_mrr
-from projects.twhin.export import TABLES, VECTORS, run_export
+from projects.twhin.export import TABLES, VECTORS, VocabError, export_model, run_export
 from projects.twhin.job_folder import EVAL, TRAIN, TwhinJobFolder
 from tests.helpers.multiprocess import run_on_ranks
 from tests.projects.home.recap.distributed_jobs import tiny_config as tiny_recap_config
@@ -116,3 +118,22 @@ def test_recap_warm_started_from_the_export_holds_the_tables(tmp_path, learned):
     torch.testing.assert_close(
         model.large_embeddings.table_weights()["meta__user_id"], user, rtol=0, atol=0
     )
+
+
+def test_a_vocab_keys_the_exported_vectors_by_raw_id(tmp_path, data_dir):
+    config = tiny_config(tmp_path / "job", data_dir)
+    vocab = tmp_path / "vocab"
+    vocab.mkdir()
+    raw = [10**12 + 7 * row for row in range(5)]
+    pq.write_table(pa.table({"id": raw, "row": [4, 3, 2, 1, 0]}), vocab / "part.parquet")
+    model = build_twhin_model(config)
+    export_model(model, tmp_path / "export", {"user": str(vocab)})
+    vectors = pq.read_table(tmp_path / "export" / VECTORS / "user.parquet")
+    assert vectors.column("id").to_pylist() == raw
+    user = model.tables.state_dict()["embedding_bags.user.weight"]
+    torch.testing.assert_close(
+        torch.tensor(vectors.column("embedding").to_pylist()), user[[4, 3, 2, 1, 0]]
+    )
+    pq.write_table(pa.table({"id": [1], "row": [64]}), vocab / "part.parquet")
+    with pytest.raises(VocabError, match="outside the table's 64 rows"):
+        export_model(model, tmp_path / "again", {"user": str(vocab)})
