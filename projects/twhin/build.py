@@ -163,7 +163,10 @@ def build_optimizer(
         names = sorted({_table_of(key, schedules) for key in kernel.params})
         if len(names) != 1:  # USE_ONE_TBE_PER_TABLE keeps each table in its own kernel
             raise ShardingError(f"one fused kernel trains several tables {names}")
-        scheduled[f"{TABLE_PREFIX}{names[0]}/{len(scheduled)}"] = (kernel, schedules[names[0]])
+        group = f"{TABLE_PREFIX}{names[0]}"
+        while group in scheduled:  # a second kernel of one table (another sharding type)
+            group += "+"
+        scheduled[group] = (kernel, schedules[names[0]])
     fused_names = set(fused.params)
     dense = {
         name: parameter

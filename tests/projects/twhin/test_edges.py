@@ -6,8 +6,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import torch
+import yaml
 
 from projects.twhin.data.edges import EdgeDataset, EdgeFileError, Graph
+from projects.twhin.main import main
 from tests.projects.twhin.jobs import ROWS, tiny_config, write_graph
 
 
@@ -82,3 +84,18 @@ def test_the_position_resumes_at_the_next_batch(config):
     batch = next(iter(resumed))
     assert torch.equal(batch.nodes.values(), expected.nodes.values())
     assert torch.equal(batch.relations, expected.relations)
+
+
+def test_the_command_line_reports_a_bad_edge_in_one_line(tmp_path, monkeypatch, capsys):
+    for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE"):
+        monkeypatch.delenv(name, raising=False)
+    path = write_bad(tmp_path / "bad", lhs=[0, 64], rel=[1, 1], rhs=[0, 1])
+    config = tiny_config(tmp_path / "job", tmp_path / "bad")
+    config_path = tmp_path / "twhin.yaml"
+    config_path.write_text(yaml.safe_dump(config.model_dump(mode="json")))
+    assert main(["--config_path", str(config_path)]) == 2
+    stderr = capsys.readouterr().err
+    errors = [line for line in stderr.splitlines() if line.startswith("error:")]
+    assert "Traceback" not in stderr and len(errors) == 1
+    assert f"{path}: row 1: lhs 64 is not a row of table 'user'" in errors[0]
+    assert not (tmp_path / "job" / "checkpoints").exists()
