@@ -52,11 +52,14 @@ class TwhinJobFolder:
 
     def metric_loggers(self, stream: str, *, is_main: bool) -> MetricLoggers:
         """Console, JSONL and TensorBoard loggers of a stream (none on ranks other than 0)."""
-        tensorboard = (
-            as_path(os.environ.get("TML_TENSORBOARD_DIR", "tensorboard")) / stream
-            if isinstance(self.root, RemotePath)
-            else self.root / "tensorboard" / stream
-        )
+        if isinstance(self.root, RemotePath):
+            # TensorBoard appends to its files, which object stores cannot do: a local folder
+            # per job URL (s3://bucket/job -> <local>/s3/bucket/job/<stream>), as recap does.
+            protocol, _, rest = str(self.root).partition("://")
+            local = os.environ.get("TML_TENSORBOARD_DIR", "tensorboard")
+            tensorboard = as_path(local) / protocol / rest / stream
+        else:
+            tensorboard = self.root / "tensorboard" / stream
         return build_metric_loggers(
             name=stream,
             jsonl_path=self.metrics_file(stream),

@@ -20,8 +20,8 @@ ROWS = {"user": 64, "tweet": 48}
 
 
 def tiny_config(save_dir: Path, data_dir: Path, *overrides: str) -> TwhinConfig:
-    """Two tables, two relations (one user->tweet, one user->user), adagrad everywhere; edges
-    0..1599 train, 1600..1999 validate."""
+    """Two tables (users column-wise, tweets table-wise), two relations (one user->tweet, one
+    user->user), adagrad tables; edges 0..1599 train, 1600..1999 validate."""
     optimizer = {"adagrad": {"lr": 0.2}}
     data = {
         "training": {
@@ -41,9 +41,12 @@ def tiny_config(save_dir: Path, data_dir: Path, *overrides: str) -> TwhinConfig:
                         "num_embeddings": rows,
                         "embedding_dim": 8,
                         "optimizer": optimizer,
-                        "sharding_types": ["table_wise"],
+                        # Placed differently, so that both CPU placements are exercised.
+                        "sharding_types": [placement],
                     }
-                    for name, rows in ROWS.items()
+                    for (name, rows), placement in zip(
+                        ROWS.items(), ("column_wise", "table_wise"), strict=True
+                    )
                 ]
             },
             "relations": [

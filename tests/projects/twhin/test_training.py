@@ -21,6 +21,7 @@ from projects.twhin.job_folder import EVAL, TRAIN, TwhinJobFolder
 from tests.helpers.multiprocess import run_on_ranks
 from tests.projects.home.recap.distributed_jobs import tiny_config as tiny_recap_config
 from tests.projects.twhin.jobs import parameters_at, tiny_config, train_job, write_graph
+from tml.checkpoint import checkpoint_folder
 
 
 def records(config, stream):
@@ -112,6 +113,21 @@ def test_recap_warm_started_from_the_export_holds_the_tables(tmp_path, learned):
         "model.large_embeddings.tables.0.embedding_dim=8",
         "model.large_embeddings.tables.0.pretrained="
         f"{{emb_name: user, embedding_snapshot_uri: '{export / TABLES}'}}",
+    )
+    model = build_recap_model(recap, model_input_spec(recap))
+    assert load_pretrained_embeddings(model.large_embeddings) == ["meta__user_id"]
+    torch.testing.assert_close(
+        model.large_embeddings.table_weights()["meta__user_id"], user, rtol=0, atol=0
+    )
+
+    # The TwHIN checkpoint itself serves as well, under the table's name in the model.
+    checkpoint = checkpoint_folder(TwhinJobFolder(learned.training.save_dir).checkpoints, 120)
+    recap = tiny_recap_config(
+        tmp_path / "recap",
+        "model.large_embeddings.tables.0.num_embeddings=64",
+        "model.large_embeddings.tables.0.embedding_dim=8",
+        "model.large_embeddings.tables.0.pretrained={emb_name: "
+        f"model.tables.embedding_bags.user.weight, embedding_snapshot_uri: '{checkpoint}'}}",
     )
     model = build_recap_model(recap, model_input_spec(recap))
     assert load_pretrained_embeddings(model.large_embeddings) == ["meta__user_id"]
