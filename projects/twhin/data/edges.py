@@ -199,6 +199,10 @@ class EdgeDataset:
         self.global_batch_size = config.per_replica_batch_size * world_size
         self._epoch = 0
         self._next_batch = 0
+        if self.batches_per_epoch == 0:
+            raise EdgeFileError(
+                f"{where}: {len(self.edges)} edges cannot give each of the {world_size} ranks one"
+            )
         self._relation_tables = torch.tensor(graph.relation_tables, dtype=torch.int64)
         self._table_rows = torch.tensor(graph.table_rows, dtype=torch.int64)
         logger.info(
