@@ -25,10 +25,11 @@ TORCHRUN := OMP_NUM_THREADS=$(shell echo $$(( $$(nproc) / $(NPROC) > 0 ? $$(npro
 	NPROC_PER_NODE=$(NPROC) PATH="$(CURDIR)/$(BIN):$$PATH" docker/entrypoint.sh
 GENERATE := $(BIN)/python -m projects.home.recap.tools.generate_random_data --config_path $(RUN_CONFIG)
 
-.PHONY: help setup run test lint bench clean
+.PHONY: help setup run twhin test lint bench clean
 
 help:
 	@echo "make run    set up, generate data, train on 2 ranks, evaluate, predict, export ($(RUN_CONFIG))"
+	@echo "make twhin  generated graph -> TwHIN on 2 ranks -> export -> recap warm-started from it"
 	@echo "make test   set up, then run the test suite"
 	@echo "make setup  create .venv with the $(FLAVOUR) build of the stack"
 	@echo "make lint   ruff check and format check"
@@ -63,6 +64,20 @@ $(RUN_DIR)/data/.generated: | $(STAMP)
 	$(GENERATE) --num_examples 50000 --num_files 4
 	$(GENERATE) --num_examples 4000 --partition validation
 	@touch $@
+
+# The TwHIN chain on generated data: a planted-community graph, TwHIN trained on it, its tables
+# exported, and the ranker trained from them (its meta__user_id table starts as TwHIN's users).
+TWHIN_CONFIG := projects/twhin/config/tiny_cpu.yaml
+TWHIN_DIR := $(TML_RUN_DIR)/twhin
+twhin: $(STAMP) $(RUN_DIR)/data/.generated
+	rm -rf $(TWHIN_DIR)
+	$(BIN)/python -m projects.twhin.data.generate --config_path $(TWHIN_CONFIG) --num_edges 40000 --num_files 2
+	OMP_NUM_THREADS=1 $(BIN)/torchrun --standalone --nproc_per_node $(NPROC) -m projects.twhin.main --config_path $(TWHIN_CONFIG)
+	$(BIN)/python -m projects.twhin.export --config_path $(TWHIN_CONFIG) --output_dir $(TWHIN_DIR)/export
+	rm -rf $(TWHIN_DIR)/recap
+	$(TORCHRUN) --config_path $(RUN_CONFIG) training.save_dir=$(TWHIN_DIR)/recap training.num_train_steps=200 \
+		model.large_embeddings.tables.0.num_embeddings=2000 model.large_embeddings.tables.0.embedding_dim=16 \
+		"model.large_embeddings.tables.0.pretrained={emb_name: user, embedding_snapshot_uri: $(TWHIN_DIR)/export/tables}"
 
 test: $(STAMP)
 	$(BIN)/python -m pytest

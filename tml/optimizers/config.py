@@ -95,3 +95,63 @@ class LearningRate(BaseConfig):
     piecewise_constant: PiecewiseConstant | None = Field(
         None, description="Step-wise constant values.", one_of="schedule"
     )
+
+
+# Optimizer algorithms -------------------------------------------------------------------------
+# The original's generic optimizer config, shared by every project: exactly one algorithm, with
+# its constants, and optionally a schedule that sets its rate at every step.
+
+
+class SgdConfig(BaseConfig):
+    """Stochastic gradient descent."""
+
+    lr: pydantic.NonNegativeFloat = Field(
+        description="Learning rate, used at every step when no learning_rate schedule is given."
+    )
+    momentum: float = Field(0.0, ge=0.0, lt=1.0, description="Momentum factor (0: none).")
+
+
+class AdamConfig(BaseConfig):
+    """Adam (Kingma and Ba, 2015)."""
+
+    lr: pydantic.NonNegativeFloat = Field(
+        description="Learning rate, used at every step when no learning_rate schedule is given."
+    )
+    betas: tuple[float, float] = Field(
+        (0.9, 0.999), description="Decay of the first and second moment estimates."
+    )
+    eps: pydantic.PositiveFloat = Field(
+        1e-7, description="Added to the denominator for numerical stability."
+    )
+
+    @pydantic.model_validator(mode="after")
+    def _check_betas(self) -> AdamConfig:
+        if not all(0.0 <= beta < 1.0 for beta in self.betas):
+            raise ValueError(f"betas must lie in [0, 1), got {list(self.betas)}")
+        return self
+
+
+class AdagradConfig(BaseConfig):
+    """Adagrad: each coordinate's rate divided by the root of its summed squared gradients."""
+
+    lr: pydantic.NonNegativeFloat = Field(
+        description="Learning rate, used at every step when no learning_rate schedule is given."
+    )
+    eps: pydantic.PositiveFloat = Field(
+        1e-10,
+        description="Added to the denominator; positive, so a coordinate that has seen no "
+        "gradient yet does not divide zero by zero.",
+    )
+
+
+class OptimizerConfig(BaseConfig):
+    """One optimizer algorithm and, optionally, the schedule of its learning rate."""
+
+    learning_rate: LearningRate | None = Field(
+        None,
+        description="Schedule of the learning rate, applied at every step (null: the "
+        "algorithm's lr throughout).",
+    )
+    adam: AdamConfig | None = Field(None, description="Adam.", one_of="optimizer")
+    sgd: SgdConfig | None = Field(None, description="SGD.", one_of="optimizer")
+    adagrad: AdagradConfig | None = Field(None, description="Adagrad.", one_of="optimizer")

@@ -21,40 +21,13 @@ from projects.home.recap.model.config import ModelConfig
 from projects.home.recap.optimizer.config import RecapOptimizerConfig
 from tml.core.cli import add_config_arguments, exit_status
 from tml.core.config import BaseConfig, ConfigValueError, Field, load_config_from_yaml
+from tml.core.config.training import BaseTrainingConfig
 
 
-class TrainingConfig(BaseConfig):
-    """Length, checkpointing, logging and evaluation cadence of a job."""
+class TrainingConfig(BaseTrainingConfig):
+    """Length, checkpointing, logging and evaluation cadence of a job, and how the ranker's steps
+    run (gradient accumulation, autocast, a saved sharding plan)."""
 
-    save_dir: str = Field("/tmp/model", description="Folder for checkpoints, logs and outputs.")
-    num_train_steps: pydantic.PositiveInt = Field(
-        1_000_000, description="Number of optimizer steps the job ends at."
-    )
-    initial_checkpoint_dir: str | None = Field(
-        None,
-        description="Warm start: load weights from this checkpoint and start at step 0 "
-        "(ignored when save_dir already holds a checkpoint to resume).",
-    )
-    checkpoint_every_n: pydantic.PositiveInt = Field(
-        1000, description="Steps between checkpoints (one is also written at the end)."
-    )
-    checkpoint_max_to_keep: pydantic.PositiveInt | None = Field(
-        None, description="Keep only the newest N checkpoints (null: keep all)."
-    )
-    train_log_every_n: pydantic.PositiveInt = Field(
-        1000, description="Steps between training log lines."
-    )
-    num_eval_steps: int = Field(
-        16384,
-        description="Batches per evaluation of each validation partition (< 0: the whole "
-        "partition; 0: no evaluation).",
-    )
-    eval_log_every_n: pydantic.PositiveInt = Field(
-        5000, description="Steps between evaluations during training."
-    )
-    eval_timeout_in_s: pydantic.PositiveFloat = Field(
-        3600.0, description="How long a separate evaluator waits for a new checkpoint."
-    )
     gradient_accumulation: pydantic.PositiveInt | None = Field(
         None,
         description="Micro-batches of global_batch_size whose gradients are summed into one "
@@ -65,30 +38,6 @@ class TrainingConfig(BaseConfig):
         False,
         description="Run the forward pass under bfloat16 autocast; weights, gradients and "
         "optimizer state stay float32.",
-    )
-    seed: int = Field(
-        0, description="Seed of parameter initialisation, data shuffling and dropout."
-    )
-    collective_timeout_in_s: pydantic.PositiveFloat = Field(
-        900.0,
-        description="How long a collective (and joining the process group) waits for the "
-        "slowest rank before the job fails instead of hanging. Longer than the slowest "
-        "checkpoint write or evaluation pass, during which the other ranks may wait.",
-    )
-    step_timeout_in_s: pydantic.PositiveFloat | None = Field(
-        900.0,
-        description="A rank on which no training step (with the logging and checkpoint "
-        "staging between steps; evaluation excluded) finishes within this many seconds fails "
-        "the job, naming itself, the step and where it is stuck, then printing its stacks; "
-        "torchrun then restarts the workers or ends the job (null: never).",
-    )
-    preemption_grace_period_in_s: pydantic.PositiveFloat = Field(
-        25.0,
-        description="After SIGTERM or SIGUSR1 reaches any rank, every rank stops at the next "
-        "step boundary, writes a checkpoint and exits 0; a rank not done within this many "
-        "seconds exits 1 instead. Keep it below the orchestrator's own grace period "
-        "(Kubernetes terminationGracePeriodSeconds, default 30 s; torchrun --shutdown-timeout, "
-        "default 30 s) and above the time of one step plus one checkpoint write.",
     )
     sharding_plan: str | None = Field(
         None,

@@ -1,57 +1,32 @@
-"""The vocabulary of table placement: torchrec's sharding types and compute kernels, which of
-them combine, which run without a GPU, and the file a reviewed plan is saved in."""
+"""The file a reviewed sharding plan is saved in, and the placement vocabulary it uses (torchrec's
+sharding types and compute kernels, from :mod:`tml.sharding.placement`)."""
 
 from __future__ import annotations
-
-import enum
 
 import pydantic
 
 from tml.core.config import BaseConfig, Field
-
-
-class ShardingType(enum.StrEnum):
-    """How torchrec may split a large table across ranks (torchrec's ``ShardingType`` values)."""
-
-    DATA_PARALLEL = "data_parallel"
-    TABLE_WISE = "table_wise"
-    COLUMN_WISE = "column_wise"
-    ROW_WISE = "row_wise"
-    TABLE_ROW_WISE = "table_row_wise"
-    TABLE_COLUMN_WISE = "table_column_wise"
-
-
-class ComputeKernel(enum.StrEnum):
-    """Where and how torchrec computes a table's lookups (torchrec's compute kernel values)."""
-
-    DENSE = "dense"
-    FUSED = "fused"
-    FUSED_UVM = "fused_uvm"
-    FUSED_UVM_CACHING = "fused_uvm_caching"
-
-
-# The compute kernels torchrec offers for each sharding type.
-KERNELS_OF_SHARDING: dict[ShardingType, frozenset[ComputeKernel]] = {
-    kind: (
-        frozenset({ComputeKernel.DENSE})
-        if kind == ShardingType.DATA_PARALLEL
-        else frozenset(
-            {ComputeKernel.FUSED, ComputeKernel.FUSED_UVM, ComputeKernel.FUSED_UVM_CACHING}
-        )
-    )
-    for kind in ShardingType
-}
-
-# What torchrec can run without CUDA (row-wise variants and UVM kernels need GPUs).
-CPU_SHARDING_TYPES = frozenset(
-    {
-        ShardingType.DATA_PARALLEL,
-        ShardingType.TABLE_WISE,
-        ShardingType.COLUMN_WISE,
-        ShardingType.TABLE_COLUMN_WISE,
-    }
+from tml.sharding.placement import (
+    CPU_COMPUTE_KERNELS,
+    CPU_SHARDING_TYPES,
+    KERNELS_OF_SHARDING,
+    ComputeKernel,
+    ShardingType,
 )
-CPU_COMPUTE_KERNELS = frozenset({ComputeKernel.DENSE, ComputeKernel.FUSED})
+
+# The placement vocabulary lives in tml.sharding (TwHIN shares it); the ranker's modules keep
+# reading it from here.
+__all__ = [
+    "CPU_COMPUTE_KERNELS",
+    "CPU_SHARDING_TYPES",
+    "KERNELS_OF_SHARDING",
+    "ComputeKernel",
+    "PlannedRank",
+    "PlannedShard",
+    "PlannedTable",
+    "SavedPlan",
+    "ShardingType",
+]
 
 
 # The saved plan ------------------------------------------------------------------------------

@@ -1,0 +1,1 @@
+"""TwHIN's data stage: Parquet edge files, their per-rank loader and a planted-graph generator."""
