@@ -281,15 +281,21 @@ class Lease:
 
     def _renew(self) -> None:
         while not self._stop.wait(self.duration_s / 3):
-            with self._lock:
-                try:
-                    etag = self._put(self._me(expires=True).to_json().encode(), IfMatch=self._etag)
-                except OSError:
-                    continue  # the store is unreachable for now; the next round tries again
-                if etag is None:
-                    self._lost.set()
-                    return
-                self._etag = etag
+            if not self._renew_once():
+                return
+
+    def _renew_once(self) -> bool:
+        """Extends the lease; False once another process has taken it over."""
+        with self._lock:
+            try:
+                etag = self._put(self._me(expires=True).to_json().encode(), IfMatch=self._etag)
+            except OSError:
+                return True  # the store is unreachable for now; the next round tries again
+            if etag is None:
+                self._lost.set()
+                return False
+            self._etag = etag
+            return True
 
 
 def _precondition_failed(error: OSError) -> bool:
