@@ -3,9 +3,9 @@
 1. plan: resolve the window, choose the warm start (the promoted model, none, or a named one)
    and note the promoted model as the incumbent; write the candidate's job config;
 2. train: the candidate job, through the launcher (torchrun), resuming its own checkpoints;
-3. evaluate: the candidate and the incumbent on the window's held-out slice, one at a time;
+3. evaluate: the candidate, then the incumbent, on the window's held-out slice;
 4. gate: the verdict (:mod:`.gate`);
-5. promote: export the candidate and move the pointer, or record the rejection.
+5. export the candidate that passed, then move the pointer to it (or record the rejection).
 
 A phase whose result is recorded is never run again, and one that was interrupted is run again
 from its start (training from its newest checkpoint), so a cycle killed anywhere and run again
@@ -176,10 +176,12 @@ class Cycle:
         if self._promoted_elsewhere():
             self._reopen_evaluation()
         if not _reached(self.entry, EVALUATED):
-            self.evaluate()
+            self.evaluate_candidate()
+            self.evaluate_incumbent()
         if not _reached(self.entry, GATED):
             self.gate()
-        self.promote()
+        self.export()
+        self.point()
         return self.result()
 
     # Phases -----------------------------------------------------------------------------------
@@ -247,28 +249,38 @@ class Cycle:
         self.entry["phase"] = TRAINED
         self.registry.save_entry(self.entry)
 
-    def evaluate(self) -> None:
-        """Evaluates the candidate, then the incumbent, on the held-out slice."""
+    def evaluate_candidate(self) -> None:
+        """Evaluates the candidate on the held-out slice."""
+        if "candidate" in self.entry["metrics"]:
+            return
         config = load_recorded_config(self.registry, self.cycle)
-        name = config_holdout(config) or HOLDOUT
-        data = holdout_data(config, self.window)
-        batches = self.request.retraining.evaluation_batches
-        metrics = self.entry["metrics"]
-        if "candidate" not in metrics:
-            checkpoint = as_path(self.entry["checkpoint"])
-            values = evaluate_checkpoint(config, checkpoint, name, data, batches)
-            metrics["candidate"] = metrics_to_json(values)
-            self.lease.check()
-            self.registry.save_entry(self.entry)
+        values = self._evaluate(config, self.entry["checkpoint"])
+        self.lease.check()
+        self.entry["metrics"]["candidate"] = metrics_to_json(values)
+        self.registry.save_entry(self.entry)
+
+    def evaluate_incumbent(self) -> None:
+        """Evaluates the promoted model (if any) on the same slice; evaluation is then done."""
         incumbent = self.entry["incumbent"]
-        if incumbent is not None and "incumbent" not in metrics:
+        if incumbent is not None and "incumbent" not in self.entry["metrics"]:
+            # Built from its own recorded config: the model may have changed since.
             theirs = load_recorded_config(self.registry, incumbent["cycle"])
-            checkpoint = as_path(incumbent["checkpoint"])
-            values = evaluate_checkpoint(theirs, checkpoint, name, data, batches)
-            metrics["incumbent"] = metrics_to_json(values)
+            values = self._evaluate(theirs, incumbent["checkpoint"])
+            self.entry["metrics"]["incumbent"] = metrics_to_json(values)
         self.lease.check()
         self.entry["phase"] = EVALUATED
         self.registry.save_entry(self.entry)
+
+    def _evaluate(self, model_config: RecapConfig, checkpoint: str) -> dict[str, float]:
+        # The slice is this cycle's, whichever model is evaluated on it.
+        config = load_recorded_config(self.registry, self.cycle)
+        return evaluate_checkpoint(
+            model_config,
+            as_path(checkpoint),
+            config_holdout(config) or HOLDOUT,
+            holdout_data(config, self.window),
+            self.request.retraining.evaluation_batches,
+        )
 
     def gate(self) -> None:
         """Records the gate's verdict."""
@@ -290,18 +302,23 @@ class Cycle:
         self.registry.save_entry(self.entry)
         logger.info("gate: %s", verdict.reason())
 
-    def promote(self) -> None:
-        """Rejects, or exports and moves the pointer (each step recorded)."""
+    def export(self) -> None:
+        """Exports a candidate that passed the gate into the registry."""
+        if not self.entry["verdict"]["passed"] or _reached(self.entry, EXPORTED):
+            return
+        export_cycle(self.registry, self.entry, self.children)
+        self.lease.check()
+        self.entry["phase"] = EXPORTED
+        self.registry.save_entry(self.entry)
+
+    def point(self) -> None:
+        """Moves the pointer to an exported candidate, or records the rejection."""
         if self.entry["phase"] in (REJECTED, PROMOTED):
             return
         if not self.entry["verdict"]["passed"]:
             self.entry["phase"] = REJECTED
             self.registry.save_entry(self.entry)
             return
-        if not _reached(self.entry, EXPORTED):
-            export_cycle(self.registry, self.entry, self.children)
-            self.entry["phase"] = EXPORTED
-            self.registry.save_entry(self.entry)
         self.lease.check()
         self.registry.promote(self.cycle, "passed the gate")
         self.entry["phase"] = PROMOTED
