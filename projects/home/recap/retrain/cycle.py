@@ -173,8 +173,7 @@ class Cycle:
             self.plan()
         if not _reached(self.entry, TRAINED):
             self.train()
-        if self._promoted_elsewhere():
-            self._reopen_evaluation()
+        self.reconcile_incumbent()
         if not _reached(self.entry, EVALUATED):
             self.evaluate_candidate()
             self.evaluate_incumbent()
@@ -362,16 +361,22 @@ class Cycle:
         recorded = self.entry["incumbent"]["cycle"] if self.entry["incumbent"] else None
         return now not in (recorded, self.cycle)
 
-    def _reopen_evaluation(self) -> None:
+    def reconcile_incumbent(self) -> None:
+        """When the pointer moved by hand (promote, rollback) since this cycle noted the
+        incumbent, compares with the model promoted now: its evaluation and the gate run again."""
+        if not self._promoted_elsewhere():
+            return
         pointer = self.registry.promoted()
-        assert pointer is not None
+        incumbent = (
+            {"cycle": pointer["cycle"], "checkpoint": pointer["checkpoint"]} if pointer else None
+        )
         logger.warning(
             "the promoted model changed to %s since this cycle compared against %s: comparing "
             "again",
-            pointer["cycle"],
+            (incumbent or {}).get("cycle"),
             (self.entry["incumbent"] or {}).get("cycle"),
         )
-        self.entry["incumbent"] = {"cycle": pointer["cycle"], "checkpoint": pointer["checkpoint"]}
+        self.entry["incumbent"] = incumbent
         self.entry["metrics"].pop("incumbent", None)
         self.entry["verdict"] = None
         if _reached(self.entry, EVALUATED):

@@ -2,13 +2,14 @@
 real launcher (docker/entrypoint.sh -> torchrun -> Gloo):
 
 * on a local registry, uninterrupted: day one trains from scratch and is promoted, day two
-  warm-starts from it and is promoted, a candidate made worse on purpose (tower learning rates
-  of 10) is rejected and the pointer stays; rollback and promotion by hand move it back;
+  warm-starts from it and is promoted, a candidate made worse on purpose (one step from
+  scratch) is rejected and the pointer stays; rollback and promotion by hand move it back;
 * on the loopback S3 server (data and registry in a bucket), interrupted: the command is killed
-  (SIGKILL, every process) while it trains, then the cycle is run again phase by phase, as if
-  killed after each phase; the registry ends as the uninterrupted one did.
+  (SIGKILL, every process) while day one trains, then the cycle is run again phase by phase, as
+  if killed after each phase; the registry ends as the uninterrupted day one did.
 
-The worse day is run on local storage only: the gate does not depend on where files are.
+The bucket runs day one only (each cycle is a torchrun launch and an export, and the suite's
+time is short); days two and three differ from it only in what the local flow checks.
 """
 
 from __future__ import annotations
@@ -54,11 +55,9 @@ CONFIG = Path(__file__).parents[1] / "fixtures" / "retrain.yaml"
 HANG = Path(__file__).parents[1] / "fixtures" / "hang_injection"
 DAYS = ("2026/12/01", "2026/12/02", "2026/12/03", "2026/12/04")
 FIRST, SECOND, WORSE_DAY = DAYS[1:]
-TOWERS = "optimizer.multi_task_learning_rates.tower_learning_rates.recap.engagement"
-# Adam at a learning rate of 10 throws the towers' weights about: calibration collapses.
-WORSE = [f"{TOWERS}.{task}.constant=10" for task in ("is_favorited", "is_replied")] + [
-    f"{TOWERS}.is_video_playback_50.constant=10"
-]
+# A candidate made worse on purpose: one step from scratch instead of warm-starting (on one rank:
+# it needs no second one, and a launch with one worker is cheaper).
+WORSE = ["training.num_train_steps=1", "retraining.launch.nproc_per_node=1"]
 BUCKET = "retrain-cycles"
 
 
@@ -93,9 +92,15 @@ def overrides_for(data_root: str | None) -> list[str]:
     return [f"train_data.explicit_date_inputs.data_root={data_root}"] if data_root else []
 
 
-def request(registry: str, end: str, *overrides: str, data_root: str | None = None):
+def request(
+    registry: str,
+    end: str,
+    *overrides: str,
+    data_root: str | None = None,
+    warm_start: str = "promoted",
+) -> CycleRequest:
     config = load_config_from_yaml(RecapConfig, CONFIG, [*overrides_for(data_root), *overrides])
-    return CycleRequest(config, Registry(registry), end)
+    return CycleRequest(config, Registry(registry), end, warm_start)
 
 
 def run_steps(cycle_request: CycleRequest, *steps: str) -> None:
@@ -131,30 +136,30 @@ def local(run_dir) -> tuple[Registry, dict[str, CycleResult]]:
         results = {
             "first": run_cycle(request(registry, FIRST)),
             "second": run_cycle(request(registry, SECOND)),
-            "worse": run_cycle(request(registry, WORSE_DAY, *WORSE)),
+            "worse": run_cycle(request(registry, WORSE_DAY, *WORSE, warm_start="scratch")),
         }
     return Registry(registry), results
 
 
 @pytest.fixture(scope="module")
 def bucket(run_dir, s3_server) -> dict[str, object]:
-    """The first two days on the bucket, interrupted in every phase."""
+    """Day one on the bucket, killed while training and then interrupted after every phase."""
     fs = fsspec.filesystem("s3")
     fs.mkdir(BUCKET)
     fs.put(str(run_dir / "data"), f"{BUCKET}/data", recursive=True)
     data_root, root = f"s3://{BUCKET}/data", f"s3://{BUCKET}/registry"
     registry = Registry(root)
     found: dict[str, object] = {"registry": registry}
+    arguments = ["--config_path", str(CONFIG), "--registry", root, "--end_date", FIRST]
+    arguments += overrides_for(data_root)
     with environment(run_dir):
         first = request(root, FIRST, data_root=data_root)
         _, cycle = prepare(first)
+        found["cycle"] = cycle
         job = registry.job_dir(cycle)
         # The real command, killed with every process under it while it trains: a rank hangs
         # after step 5 of 6 (test-only injection, see the fixture's sitecustomize.py).
         marker = run_dir / "hanging"
-        command = [sys.executable, "-m", "projects.home.recap.retrain.main"]
-        command += ["--config_path", str(CONFIG), "--registry", root, "--end_date", FIRST]
-        command += overrides_for(data_root)
         hang = {
             "PYTHONPATH": f"{HANG}{os.pathsep}{os.environ['PYTHONPATH']}",
             "TML_TEST_HANG_RANK": "0",
@@ -164,7 +169,7 @@ def bucket(run_dir, s3_server) -> dict[str, object]:
         log = run_dir / "killed.log"
         with log.open("w") as output:
             process = subprocess.Popen(
-                command,
+                [sys.executable, "-m", "projects.home.recap.retrain.main", *arguments],
                 env={**os.environ, **hang},
                 stdout=output,
                 stderr=subprocess.STDOUT,
@@ -187,18 +192,13 @@ def bucket(run_dir, s3_server) -> dict[str, object]:
             "lock": Holder.from_json(registry.lock_path.read_text()),
             "pid": process.pid,
         }
-        # Run again, stopping after each phase in turn, then to the end.
+        # Run again, stopping after each phase in turn, then to the end through the command.
         run_steps(first, "train")
         run_steps(first, "evaluate_candidate")
         run_steps(first, "evaluate_incumbent", "gate", "export")
         found["exported"] = (registry.require_entry(cycle)["phase"], registry.promoted())
-        found["first"] = run_cycle(first)
-        second = request(root, SECOND, data_root=data_root)
-        run_steps(second, "plan", "train", "evaluate_candidate")
         report_file = run_dir / "report.json"
-        arguments = ["--config_path", str(CONFIG), "--registry", root, "--end_date", SECOND]
-        arguments += ["--report_file", str(report_file), *overrides_for(data_root)]
-        found["second_exit"] = retrain(arguments)
+        found["exit"] = retrain([*arguments, "--report_file", str(report_file)])
         found["report"] = json.loads(report_file.read_text())
     return found
 
@@ -247,7 +247,7 @@ def test_a_worse_candidate_is_rejected_and_the_pointer_stays(local):
     assert entry["incumbent"]["cycle"] == results["second"].cycle
     checks = {check["name"]: check for check in entry["verdict"]["checks"]}
     weighted = checks["weighted rce"]
-    assert not weighted["passed"] and weighted["candidate"] < weighted["incumbent"] - 100
+    assert not weighted["passed"] and weighted["candidate"] < weighted["incumbent"] - 50
     assert entry["export"] is None
     assert registry.promoted()["cycle"] == results["second"].cycle
     assert worse.summary.startswith(f"rejected: cycle {worse.cycle} (window {WORSE_DAY}")
@@ -261,7 +261,8 @@ def test_the_command_is_idempotent_and_its_exit_codes_say_what_happened(run_dir,
     with environment(run_dir):
         assert retrain([*command, "--end_date", SECOND]) == ExitCode.PROMOTED
         assert capsys.readouterr().out.startswith(f"already done: cycle {results['second'].cycle}")
-        assert retrain([*command, *WORSE]) == ExitCode.NO_NEW_DATA  # the newest day is done
+        worse = [*command, "--warm_start", "scratch", *WORSE]
+        assert retrain(worse) == ExitCode.NO_NEW_DATA  # the newest day is done
         assert retrain([*command, "--end_date", "2026/12/05"]) == ExitCode.NO_NEW_DATA
         assert "2026/12/05 is not a folder with data yet" in capsys.readouterr().out
         with registry.lease():
@@ -288,56 +289,46 @@ def test_rollback_and_promotion_by_hand_move_the_pointer(local, capsys):
 
 
 def test_a_cycle_killed_while_training_resumes_on_the_bucket(bucket):
-    killed = bucket["killed"]
+    killed, registry, cycle = bucket["killed"], bucket["registry"], bucket["cycle"]
     assert killed["phase"] == PLANNED
     assert "step_2" in killed["steps"] and "step_6" not in killed["steps"]
     # Its lock outlived it; the next run took it over at once (its process was gone).
     assert killed["lock"].pid == killed["pid"]
-    registry, cycle = bucket["registry"], bucket["first"].cycle
-    resumed = registry.log_file(cycle, "train-1").read_text()
-    assert "resumed from step" in resumed
+    assert "resumed from step" in registry.log_file(cycle, "train-1").read_text()
     assert bucket["exported"][0] == EXPORTED and bucket["exported"][1] is None
-    assert bucket["first"].outcome == Outcome.PROMOTED
 
 
-def test_the_bucket_flow_promotes_warm_started_models_and_rolls_back(bucket, capsys):
-    registry = bucket["registry"]
-    first, second = bucket["first"].cycle, bucket["report"]["cycle"]
-    assert bucket["second_exit"] == ExitCode.PROMOTED
+def test_the_command_finishes_the_cycle_on_the_bucket(bucket):
+    registry, cycle = bucket["registry"], bucket["cycle"]
+    assert bucket["exit"] == ExitCode.PROMOTED
     report = bucket["report"]
-    assert report["outcome"] == "promoted" and report["warm_start"]["cycle"] == first
-    assert report["export"].startswith(f"s3://{BUCKET}/registry/cycles/{second}/export/")
-    assert json.loads(registry.report_file(second).read_text()) == report
-    assert registry.promoted()["cycle"] == second
-    assert registry_command(["--registry", str(registry.root), "rollback"]) == 0
-    assert registry.promoted()["cycle"] == first
+    assert report["outcome"] == "promoted" and report["cycle"] == cycle
+    assert report["export"] == f"s3://{BUCKET}/registry/cycles/{cycle}/export/model.pt2"
+    assert json.loads(registry.report_file(cycle).read_text()) == report
+    assert registry.promoted()["cycle"] == cycle
     assert as_path(registry.promoted()["export"]).is_file()
+    assert not registry.lock_path.exists()  # released
 
 
 def comparable(entry: dict) -> dict:
     """What an entry says, without where its files are or when it was written."""
-    metrics = {
-        model: {name: value for name, value in values.items() if name != "seconds"}
-        for model, values in entry["metrics"].items()
-    }
-    checks = [(check["name"], check["passed"]) for check in entry["verdict"]["checks"]]
     return {
         "window": entry["window"]["end"],
         "phase": entry["phase"],
-        "metrics": metrics,
-        "checks": checks,
-        "warm_start": (entry["warm_start"]["cycle"] or "")[:8],
-        "incumbent": ((entry["incumbent"] or {}).get("cycle") or "")[:8],
+        "checks": [(check["name"], check["passed"]) for check in entry["verdict"]["checks"]],
+        "warm_start": entry["warm_start"]["cycle"],
+        "incumbent": entry["incumbent"],
+        "metrics": None,
     }
 
 
-def test_the_interrupted_cycles_leave_the_registry_of_uninterrupted_ones(local, bucket):
+def test_the_interrupted_cycle_leaves_the_registry_of_the_uninterrupted_one(local, bucket):
     _, results = local
-    for name in ("first", "second"):
-        interrupted = bucket["registry"].require_entry(
-            bucket["first"].cycle if name == "first" else bucket["report"]["cycle"]
-        )
-        expected, got = comparable(entry_of(results[name])), comparable(interrupted)
-        for model in expected["metrics"]:
-            assert got["metrics"][model] == pytest.approx(expected["metrics"][model], rel=1e-6)
-        assert {**got, "metrics": None} == {**expected, "metrics": None}
+    expected = entry_of(results["first"])
+    interrupted = bucket["registry"].require_entry(bucket["cycle"])
+    assert comparable(interrupted) == comparable(expected)
+    for model, metrics in expected["metrics"].items():
+        metrics = {name: value for name, value in metrics.items() if name != "seconds"}
+        got = {name: value for name, value in interrupted["metrics"][model].items()}
+        assert got.keys() - {"seconds"} == metrics.keys()
+        assert {name: got[name] for name in metrics} == pytest.approx(metrics, rel=1e-6)
