@@ -240,8 +240,7 @@ class Cycle:
             if final not in steps:
                 reached = steps[-1] if steps else 0
                 raise ChildFailedError(
-                    f"training stopped at step {reached} of {final} (preempted?); run the cycle "
-                    "again to resume"
+                    f"training stopped at step {reached} of {final} (preempted?)"
                 )
         self.lease.check()
         self.entry["checkpoint"] = str(checkpoint_folder(checkpoints, final))
