@@ -15,6 +15,7 @@ from tml.storage.filesystems import (
     storage_errors,
     storage_options,
 )
+from tml.storage.lease import Holder, Lease, LeaseHeldError, LeaseLostError
 from tml.storage.paths import (
     AnyPath,
     RemotePath,
@@ -27,6 +28,10 @@ from tml.storage.paths import (
 
 __all__ = [
     "AnyPath",
+    "Holder",
+    "Lease",
+    "LeaseHeldError",
+    "LeaseLostError",
     "RemotePath",
     "StorageError",
     "as_path",

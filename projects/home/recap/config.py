@@ -19,6 +19,7 @@ from projects.home.recap.evaluation.metric_sets import METRICS_OF_SET, MetricSet
 from projects.home.recap.inference_config import InferenceConfig
 from projects.home.recap.model.config import ModelConfig
 from projects.home.recap.optimizer.config import RecapOptimizerConfig
+from projects.home.recap.retrain.config import RetrainingConfig, check_retraining
 from tml.core.cli import add_config_arguments, exit_status
 from tml.core.config import BaseConfig, ConfigValueError, Field, load_config_from_yaml
 from tml.core.config.training import BaseTrainingConfig
@@ -66,6 +67,11 @@ class RecapConfig(BaseConfig):
         description="Metric set computed per evaluated task at evaluation (null: all): "
         + "; ".join(f"{name.value} = {', '.join(names)}" for name, names in METRICS_OF_SET.items())
         + ". constant_memory skips the metrics that keep every evaluated example.",
+    )
+    retraining: RetrainingConfig | None = Field(
+        None,
+        description="Production retraining (tml-recap-retrain): held-out slice, promotion gate, "
+        "launch, registry lock (null: the defaults, checked when the command starts).",
     )
 
     @pydantic.model_validator(mode="after")
@@ -159,6 +165,12 @@ class RecapConfig(BaseConfig):
                     "gradient accumulation needs the dense kernel of replicated tables",
                     (*where, "compute_kernels"),
                 )
+        return self
+
+    @pydantic.model_validator(mode="after")
+    def _check_retraining(self) -> RecapConfig:
+        if self.retraining is not None:
+            check_retraining(self, self.retraining)
         return self
 
     @pydantic.model_validator(mode="after")
