@@ -1,4 +1,4 @@
-"""What the builders choose from the job's device (the GPU side runs in test_gpu.py)."""
+"""What the builders choose from the job's device (the GPU side runs only with CUDA)."""
 
 from pathlib import Path
 
@@ -31,3 +31,13 @@ def test_the_loader_pins_batches_only_for_a_gpu_job(tmp_path: Path, device, pinn
     dataset = build_train_data(config, environment(device))
     assert dataset.options.pin_memory is pinned
     assert dataset.options.shuffle and dataset.options.repeat  # the rest of training's options
+
+
+@pytest.mark.gpu
+def test_a_gpu_jobs_batches_arrive_pinned(tmp_path: Path):
+    config = tiny_config(tmp_path, f"train_data.inputs={tmp_path}/data/*.parquet")
+    generate_dataset(config.train_data, str(tmp_path / "data"), num_examples=32, progress=False)
+    batch = next(iter(build_train_data(config, environment("cuda"))))
+    tensors = [*batch.inputs.present().values(), batch.labels, batch.weights]
+    tensors += [batch.sparse_features.values(), batch.sparse_features.lengths()]
+    assert all(tensor.is_pinned() for tensor in tensors)
