@@ -15,6 +15,8 @@
 #     ahead of the machine's own python3, whose CUDA torch is used (its version, not our pin);
 #   * PYTHON=<interpreter>: use it as it is.
 # Each stage runs under a time limit; a failed stage is reported and the later ones still run.
+# With carried wheels (TML_WHEELS) the limits add up to 470 s: 8 minutes, inside one 600 s call
+# of the device machine. make setup downloads a few GB first (up to 300 s more).
 # Logs go to $GPU_CHECK_OUT (default runs/gpu_check): setup.log, tests.log, benchmark.log.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -69,7 +71,7 @@ elif [ -n "${PYTHON:-}" ]; then
     PY=$PYTHON
 elif [ -n "${TML_WHEELS:-}" ]; then
     PY=python3
-    stage setup 120 setup.log "$PY" benchmarks/gpu/wheels.py unpack --parts "$TML_WHEELS" --target "$SITE"
+    stage setup 60 setup.log "$PY" benchmarks/gpu/wheels.py unpack --parts "$TML_WHEELS" --target "$SITE"
     export PYTHONPATH="$SITE${PYTHONPATH:+:$PYTHONPATH}"
 else
     PY=.venv/bin/python
@@ -102,7 +104,7 @@ PARALLEL=()
 if "$PY" -c "import xdist" 2>/dev/null; then
     PARALLEL=(-n "${GPU_CHECK_WORKERS:-4}")
 fi
-stage tests 270 tests.log "$PY" -m pytest -m gpu -p no:cacheprovider -q --durations=15 \
+stage tests 230 tests.log "$PY" -m pytest -m gpu -p no:cacheprovider -q --durations=15 \
     "${PARALLEL[@]}" tests/
 
 # Throughput -----------------------------------------------------------------------------------
@@ -114,7 +116,7 @@ else
     SIZES=(--batch_sizes 1024 4096 16384 --steps 20 --compile_batch_size 4096
         --trainer_batch_sizes 4096 --trainer_steps 30 --num_examples 16384)
 fi
-stage benchmark 240 benchmark.log "$PY" benchmarks/gpu/throughput.py "${SIZES[@]}"
+stage benchmark 180 benchmark.log "$PY" benchmarks/gpu/throughput.py "${SIZES[@]}"
 
 echo
 echo "== summary ($((SECONDS - STARTED)) s in all)"
