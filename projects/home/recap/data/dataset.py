@@ -297,11 +297,16 @@ class RecapDataset(torch.utils.data.IterableDataset):
         )
         raw_batches = cut_batches(segments, self.batch_size * self.preprocessor.batch_multiplier)
 
-        pin = self.options.pin_memory
+        # The GPU of the iterating thread (the rank's): a new thread's current device is GPU 0,
+        # and pinning there would give every rank of a machine a CUDA context on GPU 0.
+        pin_device = torch.cuda.current_device() if self.options.pin_memory else None
 
         def make(raw: RawBatch) -> tuple[RecapBatch, tuple[int, int]]:
             batch = self._assembler(raw)
-            return batch.pin_memory() if pin else batch, (raw.epoch, raw.offset)
+            if pin_device is not None:
+                with torch.cuda.device(pin_device):
+                    batch = batch.pin_memory()
+            return batch, (raw.epoch, raw.offset)
 
         for batch, (epoch, offset) in ordered_map(
             make,
