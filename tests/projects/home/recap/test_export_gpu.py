@@ -4,6 +4,8 @@ GPU and of the exported program (on the CPU and moved to the GPU) agree.
 Skipped without CUDA (tests/conftest.py); benchmarks/gpu_check.sh runs them.
 """
 
+import math
+import os
 import sys
 from pathlib import Path
 
@@ -22,7 +24,11 @@ from tml.core.config import load_config_from_yaml
 pytestmark = [pytest.mark.gpu, pytest.mark.slow]
 
 CONFIG = CONFIGS / "local_cpu.yaml"
-SHORT = ("training.num_train_steps=20", "training.checkpoint_every_n=10")
+SHORT = (
+    "training.num_train_steps=20",
+    "training.checkpoint_every_n=10",
+    "training.train_log_every_n=5",
+)
 
 
 @pytest.fixture(scope="module")
@@ -40,15 +46,24 @@ def job(tmp_path_factory) -> Path:
 
 
 def config_for(run_dir: Path) -> RecapConfig:
-    overrides = [*SHORT, f"training.save_dir={run_dir}/local_cpu/model"]
-    return load_config_from_yaml(RecapConfig, CONFIG, overrides)
+    """The job's config as its processes resolved it (its paths under $TML_RUN_DIR)."""
+    saved = os.environ.get("TML_RUN_DIR")
+    os.environ["TML_RUN_DIR"] = str(run_dir)
+    try:
+        return load_config_from_yaml(RecapConfig, CONFIG, list(SHORT))
+    finally:
+        if saved is None:
+            del os.environ["TML_RUN_DIR"]
+        else:
+            os.environ["TML_RUN_DIR"] = saved
 
 
 def test_local_cpu_yaml_trains_on_the_gpu_over_nccl(job):
     assert "on cuda:0, backend cpu:gloo,cuda:nccl" in (job / "train.log").read_text()
     save_dir = job / "local_cpu" / "model"
     records = logged(save_dir)
-    assert records[-1]["step"] == 20 and records[-1]["loss"] < records[0]["loss"]
+    assert [record["step"] for record in records] == [5, 10, 15, 20]
+    assert all(math.isfinite(record["loss"]) for record in records)
     assert is_complete(checkpoint_folder(save_dir / "checkpoints", 20))
     assert {record["step"] for record in logged(save_dir, "eval")} == {10, 20}
 
