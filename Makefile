@@ -25,17 +25,22 @@ TORCHRUN := OMP_NUM_THREADS=$(shell echo $$(( $$(nproc) / $(NPROC) > 0 ? $$(npro
 	NPROC_PER_NODE=$(NPROC) PATH="$(CURDIR)/$(BIN):$$PATH" docker/entrypoint.sh
 GENERATE := $(BIN)/python -m projects.home.recap.tools.generate_random_data --config_path $(RUN_CONFIG)
 
-.PHONY: help setup run twhin test lint bench clean
+.PHONY: help setup flavour run twhin test lint bench clean
 
 help:
 	@echo "make run    set up, generate data, train on 2 ranks, evaluate, predict, export ($(RUN_CONFIG))"
 	@echo "make twhin  generated graph -> TwHIN on 2 ranks -> export -> recap warm-started from it"
 	@echo "make test   set up, then run the test suite"
 	@echo "make setup  create .venv with the $(FLAVOUR) build of the stack"
+	@echo "make flavour  print the build make setup picks here (gpu or cpu)"
 	@echo "make lint   ruff check and format check"
 	@echo "make bench  print the benchmark figures"
 
 setup: $(STAMP)
+
+# What `make setup` installs here; benchmarks/gpu_check.sh and the tests read it.
+flavour:
+	@echo $(FLAVOUR)
 
 # Re-installs only when the dependency spec (pyproject.toml) changes.
 $(STAMP): pyproject.toml

@@ -5,6 +5,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from tml.distributed import DistributedEnvironment, init_distributed, shutdown_distributed
 
@@ -13,6 +14,17 @@ from tml.distributed import DistributedEnvironment, init_distributed, shutdown_d
 ROOT = str(Path(__file__).resolve().parents[1])
 if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Skips the tests marked ``gpu`` where torch sees no CUDA device (CI, laptops): they run
+    only where one is (``pytest -m gpu``, benchmarks/gpu_check.sh)."""
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA device; torch sees none")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)
 
 
 @pytest.fixture

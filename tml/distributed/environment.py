@@ -94,7 +94,12 @@ def init_distributed(
     else:
         # A single process still gets a group, so sharding and checkpointing need no special case.
         dist.init_process_group(
-            backend=backend, store=dist.HashStore(), rank=0, world_size=1, timeout=timeout
+            backend=backend,
+            store=dist.HashStore(),
+            rank=0,
+            world_size=1,
+            timeout=timeout,
+            device_id=_device_id(device),
         )
     environment = DistributedEnvironment(
         rank=rank,

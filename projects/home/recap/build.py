@@ -9,6 +9,7 @@ produce the same input widths.
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import torch
@@ -51,10 +52,11 @@ def build_data(
     options: ReadOptions,
     environment: DistributedEnvironment,
 ) -> RecapDataset:
-    """This rank's share of ``data_config``, read as ``options`` say, in the model's task order."""
+    """This rank's share of ``data_config``, read as ``options`` say, in the model's task order;
+    pinned in host memory when the job runs on a GPU."""
     return build_dataset(
         data_config,
-        options=options,
+        options=dataclasses.replace(options, pin_memory=environment.device.type == "cuda"),
         tasks=list(config.model.tasks),
         large_embeddings=config.model.large_embeddings,
         rank=environment.rank,

@@ -39,7 +39,8 @@ def lockstep_batches(
     for _ in range(steps):
         batch = next(iterator, None)
         if batch is not None:
-            last = batch.to(device)
+            # Asynchronous where the loader pinned the batch (GPU jobs); a no-op on the CPU.
+            last = batch.to(device, non_blocking=True)
             yield last, True
         elif last is not None:
             yield last, False

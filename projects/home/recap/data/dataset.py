@@ -70,6 +70,9 @@ class ReadOptions:
             row of the pass comes out exactly once (inference).
         row_ids: Give every batch the row's place in its file (``ROW_FILE``, an index into
             :attr:`RecapDataset.file_paths`, and ``ROW_IN_FILE``) in ``extra_features``.
+        pin_memory: Put every batch in page-locked host memory, in the loader's threads (jobs
+            on a GPU): a copy to the GPU from pageable memory blocks the host, so the train
+            pipeline's ``non_blocking`` copy would not overlap the step. Needs CUDA.
     """
 
     shuffle: bool
@@ -78,6 +81,7 @@ class ReadOptions:
     weigh_by_sampling_rates: bool
     keep_every_row: bool = False
     row_ids: bool = False
+    pin_memory: bool = False
 
     def __post_init__(self) -> None:
         if self.weigh_by_sampling_rates and not self.with_labels:
@@ -293,8 +297,16 @@ class RecapDataset(torch.utils.data.IterableDataset):
         )
         raw_batches = cut_batches(segments, self.batch_size * self.preprocessor.batch_multiplier)
 
+        # The GPU of the iterating thread (the rank's): a new thread's current device is GPU 0,
+        # and pinning there would give every rank of a machine a CUDA context on GPU 0.
+        pin_device = torch.cuda.current_device() if self.options.pin_memory else None
+
         def make(raw: RawBatch) -> tuple[RecapBatch, tuple[int, int]]:
-            return self._assembler(raw), (raw.epoch, raw.offset)
+            batch = self._assembler(raw)
+            if pin_device is not None:
+                with torch.cuda.device(pin_device):
+                    batch = batch.pin_memory()
+            return batch, (raw.epoch, raw.offset)
 
         for batch, (epoch, offset) in ordered_map(
             make,

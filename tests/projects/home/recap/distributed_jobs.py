@@ -164,9 +164,10 @@ class FixedBatches:
         self.next_micro_batch = state["next_micro_batch"]
 
 
-def train_job(config: RecapConfig) -> int:
-    """Trains ``config`` on fixed batches on this rank; returns the final step."""
-    with distributed_environment("cpu") as environment:
+def train_job(config: RecapConfig, device_type: str = "cpu") -> int:
+    """Trains ``config`` on fixed batches on this rank (on ``device_type``: "cuda" gives each
+    rank its GPU and NCCL); returns the final step."""
+    with distributed_environment(device_type) as environment:
         setup_logging(environment.rank)
         batches = FixedBatches(config, environment.rank, environment.world_size)
         return run_training(config, environment, batches)
