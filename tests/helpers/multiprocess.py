@@ -31,6 +31,15 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+def _start_method() -> str:
+    # Importing fbgemm_gpu asks CUDA for its devices, after which a forked child cannot use
+    # CUDA: with a GPU the ranks are spawned.
+    if torch.cuda.is_available():
+        return "spawn"
+    mp.set_forkserver_preload(_PRELOADED)
+    return "forkserver"
+
+
 def _worker(rank: int, world_size: int, port: int, function: Callable, args: tuple, out: str):
     os.environ.update(
         MASTER_ADDR="127.0.0.1",
@@ -60,12 +69,11 @@ def run_on_ranks(
     out = Path(workdir) / f"ranks_{free_port()}"
     out.mkdir(parents=True)
     try:
-        mp.set_forkserver_preload(_PRELOADED)
         mp.start_processes(
             _worker,
             args=(world_size, free_port(), function, args, str(out)),
             nprocs=world_size,
-            start_method="forkserver",
+            start_method=_start_method(),
         )
     except Exception as error:
         details = "\n".join(p.read_text() for p in sorted(out.glob("error_*.txt")))
