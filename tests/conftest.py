@@ -1,5 +1,6 @@
 """Fixtures shared across the test tree."""
 
+import logging
 import os
 import sys
 from pathlib import Path
@@ -25,6 +26,22 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     for item in items:
         if "gpu" in item.keywords:
             item.add_marker(skip)
+
+
+def _is_pytests_own(handler: logging.Handler) -> bool:
+    return type(handler).__module__.startswith("_pytest")
+
+
+@pytest.fixture(autouse=True)
+def _restore_root_logging():
+    """Command lines called in process set logging up for themselves: their handler writes to
+    the test's captured stderr, which is closed after the test. The root logger is put back."""
+    root = logging.getLogger()
+    handlers = [handler for handler in root.handlers if not _is_pytests_own(handler)]
+    level = root.level
+    yield
+    root.handlers[:] = [h for h in root.handlers if _is_pytests_own(h)] + handlers
+    root.setLevel(level)
 
 
 @pytest.fixture

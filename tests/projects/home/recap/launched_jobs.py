@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 
 from projects.home.recap.config import RecapConfig
-from tests.projects.home.recap.tiny_data import generate
+from tests.projects.home.recap.tiny_job import generate
 from tml.core.config import load_config_from_yaml
 
 REPO = Path(__file__).resolve().parents[4]

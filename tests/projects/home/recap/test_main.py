@@ -19,53 +19,28 @@ from projects.home.recap.data.dataset import ReadOptions, build_dataset
 from projects.home.recap.job_folder import JobFolder, MetricStream
 from projects.home.recap.model.servable import servable_inputs
 from tests.helpers.multiprocess import free_port
-from tests.projects.home.recap.tiny_data import generate
+from tests.projects.home.recap.tiny_job import (
+    CONFIG,
+    MAIN,
+    PASSTHROUGH,
+    REPO,
+    SCORE,
+    TORCHRUN,
+    environment,
+    generate,
+    run,
+)
 from tml.checkpoint import checkpoint_folder, complete_steps
 from tml.core.config import load_config_from_yaml
 from tml.observability.metric_json import metrics_from_json
 
 pytestmark = pytest.mark.slow
 
-REPO = Path(__file__).resolve().parents[4]
-CONFIG = Path(__file__).parent / "fixtures" / "tiny_e2e.yaml"
-TORCHRUN = [sys.executable, "-m", "torch.distributed.run"]
-MAIN = ["-m", "projects.home.recap.main", "--config_path", str(CONFIG)]
 TASKS = [
     "recap.engagement.is_favorited",
     "recap.engagement.is_replied",
     "recap.engagement.is_video_playback_50",
 ]
-
-
-# A label the model does not train on, passed through to the predictions.
-PASSTHROUGH = "recap.engagement.is_bookmarked"
-INFERENCE = ["--mode", "inference", f"inference.passthrough_features=[{PASSTHROUGH}]"]
-SCORE = [sys.executable, "-m", "projects.home.recap.evaluation.score", "--config_path", str(CONFIG)]
-
-
-def environment(run_dir: Path) -> dict[str, str]:
-    # Two ranks on the CPU over Gloo, also on a machine with one GPU.
-    return {
-        **os.environ,
-        "TML_TEST_RUN": str(run_dir),
-        "OMP_NUM_THREADS": "1",
-        "CUDA_VISIBLE_DEVICES": "",
-        # Where a job with a bucket save_dir keeps its TensorBoard files (never the checkout).
-        "TML_TENSORBOARD_DIR": str(run_dir / "tensorboard"),
-    }
-
-
-def run(command: list[str], run_dir: Path, timeout: float = 300) -> subprocess.CompletedProcess:
-    result = subprocess.run(
-        command,
-        cwd=REPO,
-        env=environment(run_dir),
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
-    assert result.returncode == 0, f"{' '.join(command)}\n{result.stderr[-4000:]}"
-    return result
 
 
 def config_for(run_dir: Path, *overrides: str) -> RecapConfig:
@@ -89,44 +64,10 @@ def by_step(path: Path) -> dict[int, dict]:
 
 
 @pytest.fixture(scope="module")
-def job(tmp_path_factory) -> Path:
-    """A trained job, with an evaluator that was started before training began."""
-    run_dir = tmp_path_factory.mktemp("e2e")
-    generate(run_dir)
-    # On as many ranks as training, so that both read the same batches (a float32 forward can
-    # round a row differently in a batch of another size) and their metrics agree to 1e-6.
-    evaluator = subprocess.Popen(
-        [
-            *TORCHRUN,
-            "--standalone",
-            "--nproc_per_node",
-            "2",
-            *MAIN,
-            "--mode",
-            "evaluate",
-            "training.eval_timeout_in_s=120",
-        ],
-        cwd=REPO,
-        env=environment(run_dir),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    try:
-        run([*TORCHRUN, "--standalone", "--nproc_per_node", "2", *MAIN], run_dir)
-        run([*TORCHRUN, "--standalone", "--nproc_per_node", "2", *MAIN, *INFERENCE], run_dir)
-        output, _ = evaluator.communicate(timeout=240)
-    finally:
-        evaluator.kill()
-    assert evaluator.returncode == 0, output[-4000:]
-    (run_dir / "evaluator.log").write_text(output)
-    run([*SCORE, "--json", str(run_dir / "scored.json")], run_dir)
-    # The installed command, writing to the job folder's default export path.
-    run(
-        [str(Path(sys.executable).with_name("tml-recap-export")), "--config_path", str(CONFIG)],
-        run_dir,
-    )
-    return run_dir
+def job(tiny_job) -> Path:
+    """The session's tiny job: trained with an evaluator started before training began, then
+    inference, scoring and export."""
+    return tiny_job
 
 
 def job_folder(run_dir: Path) -> JobFolder:

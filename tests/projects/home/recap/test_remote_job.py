@@ -1,7 +1,7 @@
 """The real command line on a job whose data and save_dir are S3 URLs (moto on loopback, see
-tests/conftest.py): 2-rank training stopped and resumed from the bucket, the follower,
-inference and export give the numbers of the same job on local disk; injected 503s and slow
-answers are retried; a missing bucket is one line and exit 2."""
+tests/conftest.py): 2-rank training, the follower, inference and export give the numbers of the
+same job on local disk (the session's ``tiny_job``); injected 503s and slow answers are retried;
+a missing bucket is one line and exit 2. (Resuming from a bucket: retrain/test_cycle.py.)"""
 
 from __future__ import annotations
 
@@ -9,14 +9,14 @@ import io
 import json
 import subprocess
 import sys
-from pathlib import Path
 
 import fsspec
 import pyarrow.parquet as pq
 import pytest
 import torch
 
-from tests.projects.home.recap.test_main import MAIN, REPO, TORCHRUN, environment, generate, run
+from tests.projects.home.recap.test_main import config_for
+from tests.projects.home.recap.tiny_job import MAIN, REPO, environment, generate, run_tiny_job
 
 pytestmark = pytest.mark.slow
 
@@ -28,21 +28,6 @@ def data_overrides(root: str) -> list[str]:
         f"train_data.inputs={root}/data/train/*.parquet",
         *(f"validation_data.{name}.inputs={root}/data/validation/*.parquet" for name in PARTITIONS),
     ]
-
-
-def run_job(run_dir: Path, save_dir: str, data_root: str) -> None:
-    overrides = [f"training.save_dir={save_dir}", *data_overrides(data_root)]
-    torchrun = [*TORCHRUN, "--standalone", "--nproc_per_node", "2", *MAIN]
-    # Stopped after the first checkpoint (step 3), then resumed from it to step 6.
-    run([*torchrun, *overrides, "training.num_train_steps=3"], run_dir)
-    run([*torchrun, *overrides], run_dir)
-    run(
-        [sys.executable, *MAIN, "--mode", "evaluate", "training.eval_timeout_in_s=1", *overrides],
-        run_dir,
-    )
-    run([*torchrun, "--mode", "inference", *overrides], run_dir)
-    export = str(Path(sys.executable).with_name("tml-recap-export"))
-    run([export, "--config_path", MAIN[-1], *overrides], run_dir)
 
 
 def read(url_or_path: str) -> bytes:
@@ -61,31 +46,33 @@ def metric_records(save_dir: str, stream: str) -> list[dict]:
 
 
 @pytest.fixture(scope="module")
-def jobs(tmp_path_factory, s3_server) -> tuple[str, str]:
-    """The same job run on local disk and on a bucket; (local save_dir, remote save_dir)."""
-    run_dir = tmp_path_factory.mktemp("remote_e2e")
-    generate(run_dir)
+def jobs(tiny_job, s3_server) -> tuple[str, str]:
+    """The session's tiny job on local disk and the same job on a bucket; (local save_dir,
+    remote save_dir)."""
     fs = fsspec.filesystem("s3")
     fs.mkdir("remote-job")
     for part in ("train", "validation"):
-        fs.put(str(run_dir / "data" / part), f"remote-job/data/{part}", recursive=True)
-    run_job(run_dir, str(run_dir / "local"), str(run_dir))
+        fs.put(str(tiny_job / "data" / part), f"remote-job/data/{part}", recursive=True)
     # A few 503s and slow answers while the bucket job runs: retried, never seen by the job.
     s3_server.faults.fail_next = 6
     s3_server.faults.delay_next, s3_server.faults.delay_seconds = 6, 0.5
     failed = s3_server.faults.failed
-    run_job(run_dir, "s3://remote-job/model", "s3://remote-job")
+    remote = "s3://remote-job/model"
+    run_dir = tiny_job / "remote"
+    run_dir.mkdir()
+    run_tiny_job(run_dir, f"training.save_dir={remote}", *data_overrides("s3://remote-job"))
     assert s3_server.faults.failed == failed + 6
-    return str(run_dir / "local"), "s3://remote-job/model"
+    return str(config_for(tiny_job).training.save_dir), remote
 
 
-def test_training_resumed_from_the_bucket_equals_the_local_job(jobs):
+def test_training_on_the_bucket_equals_the_local_job(jobs):
     local, remote = jobs
     assert metric_records(remote, "train") == metric_records(local, "train")
     assert metric_records(remote, "eval") == metric_records(local, "eval")
     fs = fsspec.filesystem("s3")
     assert fs.exists("remote-job/model/checkpoints/step_6/COMPLETE")
     assert fs.exists("remote-job/model/checkpoints/step_3/rank_1.json")
+    assert fs.exists("remote-job/model/checkpoints/step_6/evaluated_all_tasks.json")
 
 
 def test_the_follower_evaluates_the_bucket_checkpoints_like_local_ones(jobs):
