@@ -118,6 +118,13 @@ class EmbeddingBagConfig(BaseConfig):
         description="Directory of Parquet files mapping raw ids to rows (columns id, row); "
         "without it, raw ids are hashed into num_embeddings rows.",
     )
+    unknown_id_rows: pydantic.PositiveInt | None = Field(
+        None,
+        description="With a vocab: the last unknown_id_rows rows of the table are kept for ids "
+        "the vocab does not list, which are hashed into them; an unknown id meets the same row "
+        "whatever the vocab's size. null: every row after the vocab's largest. Either way the "
+        "vocab must leave rows for unknown ids.",
+    )
     sharding_types: list[ShardingType] | None = Field(
         None,
         description="Sharding types the planner may choose from for this table (default: any "
@@ -133,6 +140,23 @@ class EmbeddingBagConfig(BaseConfig):
         None,
         description="This table's own optimizer and schedule; null: large_embeddings.optimizer.",
     )
+
+    @pydantic.model_validator(mode="after")
+    def _check_unknown_id_rows(self) -> EmbeddingBagConfig:
+        if self.unknown_id_rows is None:
+            return self
+        if self.vocab is None:
+            raise ConfigValueError(
+                "needs a vocab: without one every id is hashed into the whole table",
+                ("unknown_id_rows",),
+            )
+        if self.unknown_id_rows >= self.num_embeddings:
+            raise ConfigValueError(
+                f"{self.unknown_id_rows} must be fewer than the table's {self.num_embeddings} "
+                "rows, which the vocab needs too",
+                ("unknown_id_rows",),
+            )
+        return self
 
     @pydantic.model_validator(mode="after")
     def _check_placement_can_exist(self) -> EmbeddingBagConfig:
