@@ -13,11 +13,26 @@ USER_ERROR_EXIT = 2
 
 
 def add_config_arguments(parser: argparse.ArgumentParser) -> None:
-    """``--config_path`` and positional ``dotted.path=value`` overrides."""
+    """``--config_path`` and positional ``dotted.path=value`` overrides; parse the command line
+    with :func:`parse_command_line` so that overrides may come anywhere in it."""
     parser.add_argument("--config_path", required=True, help="YAML config file.")
     parser.add_argument(
-        "overrides", nargs="*", help="Config overrides: dotted.path=value (typed by the schema)."
+        "overrides",
+        nargs="*",
+        help="Config overrides: dotted.path=value (typed by the schema), anywhere on the line; "
+        "list items as tables[0].name or tables.0.name.",
     )
+
+
+def parse_command_line(
+    parser: argparse.ArgumentParser, argv: list[str] | None = None
+) -> argparse.Namespace:
+    """Parses ``argv`` with overrides before, between or after the options.
+
+    Plain ``parse_args`` takes positionals in one run, so ``x=1 --mode train y=2`` would fail
+    on ``y=2``; argparse's intermixed parsing collects them all.
+    """
+    return parser.parse_intermixed_args(argv)
 
 
 def exit_status(

@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
-
-import torch
+from typing import Any, Protocol
 
 from tml.optimizers.schedules import Schedule
+
+
+class ParamGroupOwner(Protocol):
+    """What the scheduler sets rates on: a torch optimizer, or a selection of its param groups."""
+
+    @property
+    def param_groups(self) -> list[dict[str, Any]]: ...
 
 
 class LearningRateScheduler:
@@ -18,10 +23,10 @@ class LearningRateScheduler:
     inside the backward pass, so their rate must be set before it.
 
     Args:
-        groups: Group name -> (optimizer whose param groups all share the rate, schedule).
+        groups: Group name -> (optimizer, or param groups, that share the rate; schedule).
     """
 
-    def __init__(self, groups: Mapping[str, tuple[torch.optim.Optimizer, Schedule]]) -> None:
+    def __init__(self, groups: Mapping[str, tuple[ParamGroupOwner, Schedule]]) -> None:
         self._groups = dict(groups)
         self.last_step: int | None = None
 

@@ -361,6 +361,11 @@ class Trainer:
         self.scheduler.load_state_dict(state["scheduler"])
         self.step = int(state["progress"]["step"])
         self.wall_time = float(state["progress"]["wall_time"])
+        # Fused kernels count their own steps (fbgemm's Adam corrects its bias by that count),
+        # outside the optimizer's state dict: torchrec's optimizers take it from here.
+        set_optimizer_step = getattr(self.optimizer, "set_optimizer_step", None)
+        if set_optimizer_step is not None:
+            set_optimizer_step(self.step)
 
     def _restore_data_position(self, rank_state: dict[str, Any] | None) -> None:
         if rank_state is None:

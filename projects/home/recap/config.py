@@ -20,7 +20,7 @@ from projects.home.recap.inference_config import InferenceConfig
 from projects.home.recap.model.config import ModelConfig
 from projects.home.recap.optimizer.config import RecapOptimizerConfig
 from projects.home.recap.retrain.config import RetrainingConfig, check_retraining
-from tml.core.cli import add_config_arguments, exit_status
+from tml.core.cli import add_config_arguments, exit_status, parse_command_line
 from tml.core.config import BaseConfig, ConfigValueError, Field, load_config_from_yaml
 from tml.core.config.training import BaseTrainingConfig
 
@@ -202,7 +202,7 @@ def main(argv: list[str] | None = None) -> int:
         prog="python -m projects.home.recap.config", description="Check a ranker config."
     )
     add_config_arguments(parser)
-    args = parser.parse_args(argv)
+    args = parse_command_line(parser, argv)
 
     def check() -> None:
         config = load_config_from_yaml(RecapConfig, args.config_path, args.overrides)

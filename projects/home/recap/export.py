@@ -36,7 +36,7 @@ from projects.home.recap.inference_config import ranking_weights
 from projects.home.recap.inputs import DenseInputs, InputSpec
 from projects.home.recap.job_folder import JobFolder
 from projects.home.recap.model.servable import ServableRankingModel, export_ranking_model
-from tml.core.cli import add_config_arguments, exit_status
+from tml.core.cli import add_config_arguments, exit_status, parse_command_line
 from tml.core.config import load_config_from_yaml
 from tml.observability.logging import setup_logging
 from tml.storage import AnyPath, as_path
@@ -116,7 +116,7 @@ def main(argv: list[str] | None = None) -> int:
         "--checkpoint", help="Checkpoint folder or save_dir (default: newest of the job)."
     )
     parser.add_argument("--output", help="File to write (.pt2; default: the job folder's exports).")
-    args = parser.parse_args(argv)
+    args = parse_command_line(parser, argv)
     setup_logging()
 
     def export() -> None:

@@ -20,7 +20,7 @@ from projects.home.recap.config import RecapConfig
 from projects.home.recap.evaluate import run_evaluator
 from projects.home.recap.inference import run_inference
 from projects.home.recap.train import run_training
-from tml.core.cli import USER_ERROR_EXIT, add_config_arguments, exit_status
+from tml.core.cli import USER_ERROR_EXIT, add_config_arguments, exit_status, parse_command_line
 from tml.core.config import load_config_from_yaml
 from tml.core.errors import UserInputError
 from tml.distributed import DistributedEnvironment, distributed_environment, lost_peer
@@ -66,7 +66,7 @@ def main(argv: list[str] | None = None) -> int:
     Under torchrun, the rank that finds a mistake prints it; an error every rank agrees on is
     printed by rank 0; a rank that only lost its connection to a failed one says so in a line.
     """
-    args = build_argument_parser().parse_args(argv)
+    args = parse_command_line(build_argument_parser(), argv)
     # torchrun's variables name this process's rank before the process group exists; logging is
     # set up first so that everything, the distributed set-up included, logs through it.
     rank = int(os.environ.get("RANK", 0))

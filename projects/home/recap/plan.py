@@ -42,7 +42,7 @@ from projects.home.recap.sharding_config import (
     SavedPlan,
     ShardingType,
 )
-from tml.core.cli import add_config_arguments, exit_status
+from tml.core.cli import add_config_arguments, exit_status, parse_command_line
 from tml.core.config import load_config_from_yaml
 
 GIB = 2**30
@@ -266,7 +266,7 @@ def build_argument_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     """Prints the plan (exit 0), or one line saying why there is none (exit 2)."""
     parser = build_argument_parser()
-    args = parser.parse_args(argv)
+    args = parse_command_line(parser, argv)
     if args.world_size % args.local_world_size:
         parser.error("--world_size must be a multiple of --local_world_size")
     if args.compute_device == "cuda" and args.hbm_gb is None:

@@ -26,9 +26,12 @@ from torchrec.distributed.types import (
     ShardingPlan,
 )
 from torchrec.modules.embedding_modules import EmbeddingBagCollection
-from torchrec.optim.apply_optimizer_in_backward import apply_optimizer_in_backward
 
 from projects.home.recap.embedding.config import LargeEmbeddingsConfig
+from projects.home.recap.optimizer.table_optimizers import (
+    attach_table_optimizers,
+    check_table_optimizers,
+)
 from projects.home.recap.sharding_config import PlannedTable, SavedPlan
 from tml.distributed import DistributedEnvironment
 from tml.sharding.placement import (
@@ -113,7 +116,7 @@ def shard_model(
     """Places the large tables and wraps ``model`` in DistributedModelParallel.
 
     Tables built on the ``meta`` device are materialised on their shards. Tables on the fused
-    kernel are trained by a fused SGD whose rate the scheduler sets every step.
+    kernel are trained by their fused optimizers, whose rates the scheduler sets every step.
 
     Args:
         model: The model (with its loss), large tables possibly on ``meta``.
@@ -141,19 +144,31 @@ def shard_model(
     else:
         planner = TablePlanner(build_topology(environment), per_rank_batch_size, constraints)
         plan = planner.plan(model, sharders, dist.GroupMember.WORLD)
+    if large_embeddings is not None:
+        check_table_optimizers(
+            large_embeddings, environment.device.type, replicated=replicated_tables(plan)
+        )
     if environment.is_main and plan.plan:
         logger.info("sharding plan:\n%s", format_plan(plan))
     return DistributedModelParallel(model, device=environment.device, plan=plan, sharders=sharders)
 
 
 def attach_table_optimizer(model: torch.nn.Module, large_embeddings: LargeEmbeddingsConfig) -> None:
-    """Gives the large tables their fused SGD, before planning: the sharders and the planner's
-    memory estimates read the optimizer from the parameters."""
+    """Gives each large table its fused optimizer, before planning: the sharders and the
+    planner's memory estimates read the optimizer from the parameters."""
     tables = _large_embedding_parameters(model, [t.name for t in large_embeddings.tables])
-    # The rate is a placeholder: the scheduler sets the scheduled rate before every step.
-    apply_optimizer_in_backward(
-        torch.optim.SGD, tables, {"lr": large_embeddings.optimizer.init_learning_rate}
-    )
+    attach_table_optimizers(tables, large_embeddings)
+
+
+def replicated_tables(plan: ShardingPlan) -> list[str]:
+    """Names of the tables the plan replicates (data_parallel, trained on the dense kernel)."""
+    return [
+        table
+        for module_plan in plan.plan.values()
+        for table, sharding in module_plan.items()
+        if isinstance(sharding, ParameterSharding)
+        and sharding.sharding_type == ShardingType.DATA_PARALLEL.value
+    ]
 
 
 def model_tables(model: torch.nn.Module) -> dict[tuple[str, str], tuple[int, int]]:
@@ -301,14 +316,20 @@ def _parameter_sharding(
     )
 
 
-def _large_embedding_parameters(model: torch.nn.Module, names: list[str]) -> list[torch.Tensor]:
+def _large_embedding_parameters(
+    model: torch.nn.Module, names: list[str]
+) -> dict[str, torch.Tensor]:
     collections = [m for m in model.modules() if isinstance(m, EmbeddingBagCollection)]
     if not collections:
         raise ShardingError(
             f"the config declares large embedding tables {names}, but the model has no "
             "EmbeddingBagCollection"
         )
-    return [parameter for collection in collections for parameter in collection.parameters()]
+    return {
+        name: bag.weight
+        for collection in collections
+        for name, bag in collection.embedding_bags.items()
+    }
 
 
 def _check_supported(table: str, field: str, chosen: list | None, supported: frozenset) -> None:

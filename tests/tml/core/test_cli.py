@@ -1,6 +1,8 @@
+import argparse
+
 import pytest
 
-from tml.core.cli import USER_ERROR_EXIT, exit_status
+from tml.core.cli import USER_ERROR_EXIT, add_config_arguments, exit_status, parse_command_line
 from tml.core.errors import UserInputError
 from tml.distributed import lost_peer
 
@@ -40,3 +42,13 @@ def test_a_lost_peer_is_told_from_other_runtime_errors():
     assert lost_peer(closed) == "Connection closed by peer"
     assert lost_peer(RuntimeError("shape mismatch")) is None
     assert lost_peer(ValueError("Connection closed by peer")) is None
+
+
+def test_overrides_may_come_anywhere_on_the_command_line():
+    parser = argparse.ArgumentParser()
+    add_config_arguments(parser)
+    parser.add_argument("--mode", default="train")
+    argv = ["a.b=1", "--config_path", "job.yaml", "tables[0].c=2", "--mode", "evaluate", "d=3"]
+    args = parse_command_line(parser, argv)
+    assert args.config_path == "job.yaml" and args.mode == "evaluate"
+    assert args.overrides == ["a.b=1", "tables[0].c=2", "d=3"]

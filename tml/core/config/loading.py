@@ -36,6 +36,7 @@ _VARIABLE = re.compile(
     r"|\$(?P<bare>[A-Za-z_][A-Za-z0-9_]*)"
 )
 _MAX_SHOWN_INPUT = 60
+_LIST_INDEX = re.compile(r"\[(-?\d+)\]")
 
 
 class ConfigError(UserInputError):
@@ -103,6 +104,8 @@ def apply_override(
     Keys may themselves contain dots (task names such as ``recap.engagement.is_favorited``). At
     each mapping the longest run of segments naming an existing key wins; a new key of a
     ``dict[str, Config]`` field extends up to the first segment that is a field of ``Config``.
+    A list item is named by its index, ``tables.0.name`` or ``tables[0].name`` (negative
+    indices count from the end).
 
     Args:
         data: Config data as loaded from YAML.
@@ -113,6 +116,8 @@ def apply_override(
     dotted, separator, text = override.partition("=")
     if not separator or not dotted:
         raise ConfigError(f"override '{override}' must look like dotted.path=value")
+    # A list item may be written tables[0] as well as tables.0.
+    dotted = _LIST_INDEX.sub(r".\1", dotted)
     try:
         value = yaml.safe_load(text) if text.strip() else ""
     except yaml.YAMLError as error:

@@ -4,9 +4,12 @@
   are often sequential or share low bits (snowflake ids), which plain modulo would pile into
   few rows.
 * With a vocab (a directory of Parquet files with int64 columns ``id`` and ``row``), a listed id
-  goes to its row. An id the vocab does not list goes to the rows the vocab leaves unused
-  (``max_row + 1 .. num_embeddings - 1``), by the same hash, so unknown ids still learn
-  something; when the vocab uses every row, unknown ids share row 0.
+  goes to its row. An id the vocab does not list is hashed into the rows kept for unknown ids:
+  the table's last ``unknown_id_rows`` rows, or every row after the vocab's largest when that
+  is not set. Unknown ids thus spread over many rows instead of hammering one, and each keeps
+  its row from batch to batch (with ``unknown_id_rows``, also when the vocab grows). A vocab
+  that leaves no row for unknown ids, or maps into the kept rows, is an error: sending them to a
+  row a listed id trains would mix the two.
 """
 
 from __future__ import annotations
@@ -55,9 +58,23 @@ class HashedIds:
 
 
 class VocabIds:
-    """Maps ids to rows through a vocab; unknown ids as the module docstring says."""
+    """Maps ids to rows through a vocab; unknown ids as the module docstring says.
 
-    def __init__(self, directory: str, num_embeddings: int, where: str):
+    Args:
+        directory: The vocab's Parquet files.
+        num_embeddings: The table's rows.
+        where: Names the table in errors.
+        unknown_id_rows: Rows at the end of the table kept for unknown ids; None: every row
+            after the vocab's largest.
+    """
+
+    def __init__(
+        self,
+        directory: str,
+        num_embeddings: int,
+        where: str,
+        unknown_id_rows: int | None = None,
+    ):
         self.num_embeddings = num_embeddings
         ids, rows = _read_vocab(directory, where)
         if len(rows) and (rows.min() < 0 or rows.max() >= num_embeddings):
@@ -70,12 +87,28 @@ class VocabIds:
         repeated = np.flatnonzero(self._ids[1:] == self._ids[:-1])
         if len(repeated):
             raise VocabError(f"{where}: vocab {directory} lists id {self._ids[repeated[0]]} twice")
-        self._spare_start = int(rows.max()) + 1 if len(rows) else 0
+        used = int(rows.max()) + 1 if len(rows) else 0
+        if unknown_id_rows is None:
+            self._unknown_start = used
+            if used == num_embeddings:
+                raise VocabError(
+                    f"{where}: vocab {directory} uses all {num_embeddings} rows, leaving none for "
+                    "ids it does not list; add rows (num_embeddings) and set unknown_id_rows"
+                )
+        else:
+            self._unknown_start = num_embeddings - unknown_id_rows
+            if used > self._unknown_start:
+                raise VocabError(
+                    f"{where}: vocab {directory} maps to rows up to {used - 1}, into the last "
+                    f"{unknown_id_rows} rows kept for unknown ids (from row "
+                    f"{self._unknown_start}); raise num_embeddings or lower unknown_id_rows"
+                )
         logger.info(
-            "%s: vocab of %d ids; %d spare rows for unknown ids",
+            "%s: vocab of %d ids; rows %d..%d for unknown ids",
             where,
             len(ids),
-            num_embeddings - self._spare_start,
+            self._unknown_start,
+            num_embeddings - 1,
         )
 
     def __call__(self, ids: np.ndarray) -> np.ndarray:
@@ -83,8 +116,7 @@ class VocabIds:
         position = np.minimum(position, len(self._ids) - 1)
         known = self._ids[position] == ids if len(self._ids) else np.zeros(ids.shape, bool)
         rows = self._rows[position] if len(self._ids) else np.zeros(ids.shape, np.int64)
-        spare = self.num_embeddings - self._spare_start
-        unknown = hash_ids(ids, spare) + self._spare_start if spare > 0 else 0
+        unknown = hash_ids(ids, self.num_embeddings - self._unknown_start) + self._unknown_start
         return np.where(known, rows, unknown).astype(np.int64)
 
 
@@ -116,7 +148,12 @@ def _read_vocab(directory: str, where: str) -> tuple[np.ndarray, np.ndarray]:
 def build_id_mapper(table: EmbeddingBagConfig) -> HashedIds | VocabIds:
     """The id -> row mapping of one large table: its vocab when given, else hashing."""
     if table.vocab is not None:
-        return VocabIds(table.vocab, table.num_embeddings, f"large_embeddings table {table.name}")
+        return VocabIds(
+            table.vocab,
+            table.num_embeddings,
+            f"large_embeddings table {table.name}",
+            unknown_id_rows=table.unknown_id_rows,
+        )
     return HashedIds(table.num_embeddings)
 
 

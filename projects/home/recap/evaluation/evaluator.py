@@ -36,8 +36,6 @@ from tml.storage import AnyPath, write_atomically
 
 logger = logging.getLogger(__name__)
 
-_SUMMARY_METRICS = ("auroc", "rce")
-
 
 class PartitionEvaluator:
     """Evaluates the model on one validation partition.
@@ -108,7 +106,7 @@ class Evaluation:
     """All validation partitions of a job, logged together.
 
     Calling it evaluates every partition at a step, logs each metric as
-    ``<partition>/<metric>/<task>`` and prints a per-task AUROC/RCE table on the main rank.
+    ``<partition>/<metric>/<task>`` and prints a per-task table of every metric on the main rank.
     """
 
     def __init__(
@@ -173,8 +171,13 @@ def build_evaluation(
 
 
 def format_summary(metrics: dict[str, float], tasks: list[str]) -> str:
-    """Per-task AUROC and RCE (and whatever else of those two was computed) as a text table."""
-    columns = [name for name in _SUMMARY_METRICS if any(k.startswith(f"{name}/") for k in metrics)]
+    """Every metric computed per task (the set ``which_metrics`` selects), one row per task, in
+    the order the metrics were computed; slices by stratifier are left to the metric files."""
+    columns: list[str] = []
+    for key in metrics:
+        name, _, task = key.partition("/")
+        if task in tasks and name not in columns:
+            columns.append(name)
     rows = [("task", *columns)]
     for task in tasks:
         values = [metrics.get(f"{name}/{task}") for name in columns]

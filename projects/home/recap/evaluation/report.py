@@ -14,7 +14,7 @@ import sys
 from projects.home.recap.config import RecapConfig
 from projects.home.recap.evaluation.evaluator import format_summary
 from projects.home.recap.job_folder import JobFolder, MetricStream
-from tml.core.cli import add_config_arguments, exit_status
+from tml.core.cli import add_config_arguments, exit_status, parse_command_line
 from tml.core.config import load_config_from_yaml
 from tml.core.errors import UserInputError
 from tml.observability.metric_json import metrics_from_json
@@ -70,7 +70,7 @@ def main(argv: list[str] | None = None) -> int:
         description="Print a job's latest evaluation results.",
     )
     add_config_arguments(parser)
-    args = parser.parse_args(argv)
+    args = parse_command_line(parser, argv)
     return exit_status(
         lambda: print(report(load_config_from_yaml(RecapConfig, args.config_path, args.overrides)))
     )

@@ -30,7 +30,7 @@ from projects.home.recap.predictions import (
     stratifier_column,
     weight_column,
 )
-from tml.core.cli import add_config_arguments, exit_status
+from tml.core.cli import add_config_arguments, exit_status, parse_command_line
 from tml.core.config import load_config_from_yaml
 from tml.core.errors import UserInputError
 from tml.observability.logging import setup_logging
@@ -116,7 +116,7 @@ def main(argv: list[str] | None = None) -> int:
         help="Folder of predictions files (default: where --mode inference writes them).",
     )
     parser.add_argument("--json", help="Also write the metrics to this JSON file.")
-    args = parser.parse_args(argv)
+    args = parse_command_line(parser, argv)
 
     def run() -> None:
         setup_logging(0)

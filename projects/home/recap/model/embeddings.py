@@ -111,13 +111,18 @@ class LargeEmbeddings(nn.Module):
         # torchrec names a table's weight "embedding_bags.<table>.weight", sharded or not.
         return {name: state[f"embedding_bags.{name}.weight"] for name in self.table_names}
 
-    def table_parameters(self) -> list[torch.Tensor]:
-        """The tables' trainable parameters, as the (possibly sharded) collection reports them.
+    def table_parameters(self) -> dict[str, torch.Tensor]:
+        """Each table's trainable parameter by table name, as the (possibly sharded) collection
+        reports them.
 
         After sharding, the sharded collection's own ``named_parameters`` is what
         DistributedModelParallel reports too, so these are the same objects the optimizer sees.
         """
-        return [parameter for _, parameter in self.ebc.named_parameters()]
+        # torchrec names a table's weight "embedding_bags.<table>.weight", sharded or not.
+        return {
+            name.removeprefix("embedding_bags.").removesuffix(".weight"): parameter
+            for name, parameter in self.ebc.named_parameters()
+        }
 
 
 class TwhinNorms(nn.Module):

@@ -48,13 +48,13 @@ class ParameterGroups:
         backbone: Every dense parameter outside the towers: featurization, small embeddings,
             TwHIN LayerNorms, position debias and the backbone network.
         towers: Each tower's parameters (network and affine map), by task name in model order.
-        large_tables: The large tables' parameters, as the (possibly sharded) collection
-            reports them.
+        large_tables: The large tables' parameters by table name, as the (possibly sharded)
+            collection reports them.
     """
 
     backbone: list[torch.Tensor]
     towers: dict[str, list[torch.Tensor]]
-    large_tables: list[torch.Tensor]
+    large_tables: dict[str, torch.Tensor]
 
 
 class DenseRankingModel(nn.Module):
@@ -281,7 +281,7 @@ class MultiTaskRankingModel(nn.Module):
         in_towers = {id(parameter) for parameters in towers.values() for parameter in parameters}
         backbone = [p for p in self.dense.parameters() if id(p) not in in_towers]
         large_tables = (
-            self.large_embeddings.table_parameters() if self.large_embeddings is not None else []
+            self.large_embeddings.table_parameters() if self.large_embeddings is not None else {}
         )
         return ParameterGroups(backbone=backbone, towers=towers, large_tables=large_tables)
 

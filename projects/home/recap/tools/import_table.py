@@ -353,7 +353,12 @@ def starter_config(mapping: TableMapping, output_dir: str, command: str) -> str:
                 }
             },
             "large_embeddings": (
-                {"tables": tables, "optimizer": {"init_learning_rate": 0.05}} if tables else None
+                {
+                    "tables": tables,
+                    "optimizer": {"init_learning_rate": 0.05, "rowwise_adagrad": {}},
+                }
+                if tables
+                else None
             ),
             "tasks": tasks,
         },

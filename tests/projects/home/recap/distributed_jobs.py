@@ -173,6 +173,18 @@ def train_job(config: RecapConfig, device_type: str = "cpu") -> int:
         return run_training(config, environment, batches)
 
 
+def train_job_stopped_and_resumed(stopped: RecapConfig, full: RecapConfig) -> tuple[int, int]:
+    """Trains ``stopped`` (a shorter job in the same folder), then ``full``, which resumes from
+    the former's last checkpoint, in one process (a relaunch without the start-up cost)."""
+    with distributed_environment("cpu") as environment:
+        setup_logging(environment.rank)
+        steps = []
+        for config in (stopped, full):
+            batches = FixedBatches(config, environment.rank, environment.world_size)
+            steps.append(run_training(config, environment, batches))
+        return steps[0], steps[1]
+
+
 def train_job_statistics(config: RecapConfig) -> tuple[int, dict[str, torch.Tensor]]:
     """:func:`train_job`, returning also this rank's batch norm running statistics after it."""
     with distributed_environment("cpu") as environment:

@@ -17,6 +17,7 @@ import torch
 from projects.home.recap.config import RecapConfig
 from projects.home.recap.data.dataset import ReadOptions, build_dataset
 from projects.home.recap.job_folder import JobFolder, MetricStream
+from projects.home.recap.main import build_argument_parser
 from projects.home.recap.model.servable import servable_inputs
 from tests.helpers.multiprocess import free_port
 from tests.projects.home.recap.tiny_job import (
@@ -31,6 +32,7 @@ from tests.projects.home.recap.tiny_job import (
     run,
 )
 from tml.checkpoint import checkpoint_folder, complete_steps
+from tml.core.cli import parse_command_line
 from tml.core.config import load_config_from_yaml
 from tml.observability.metric_json import metrics_from_json
 
@@ -306,3 +308,22 @@ def test_a_mistake_is_one_line_and_exit_2(tmp_path, arguments, message):
     errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and message in errors[0], result.stderr[-2000:]
     assert "Traceback" not in result.stderr
+
+
+def test_overrides_before_and_after_the_mode_reach_the_config(tmp_path, monkeypatch):
+    monkeypatch.setenv("TML_TEST_RUN", str(tmp_path))
+    args = parse_command_line(
+        build_argument_parser(),
+        [
+            "training.num_train_steps=3",
+            "--mode",
+            "evaluate",
+            "--config_path",
+            str(CONFIG),
+            "model.large_embeddings.tables[0].embedding_dim=8",
+        ],
+    )
+    assert args.mode == "evaluate"
+    config = load_config_from_yaml(RecapConfig, args.config_path, args.overrides)
+    assert config.training.num_train_steps == 3
+    assert config.model.large_embeddings.tables[0].embedding_dim == 8

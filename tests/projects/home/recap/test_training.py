@@ -14,6 +14,7 @@ from tests.projects.home.recap.distributed_jobs import (
     tiny_config,
     train_job,
     train_job_statistics,
+    train_job_stopped_and_resumed,
 )
 
 pytestmark = pytest.mark.slow
@@ -179,6 +180,46 @@ def test_stop_and_resume_equals_straight_through(tmp_path, initial_weights):
     # Already at num_train_steps: the job ends at once, training nothing.
     assert run_on_ranks(train_job, 2, resumed, workdir=tmp_path) == [10, 10]
     assert len(logged(tmp_path / "stopped")) == 10
+
+
+# The user table trains with row-wise Adagrad on a schedule of its own; the author table keeps
+# the collection's SGD (0.5). A checkpoint after every step keeps the first step's weights.
+TABLE_OPTIMIZERS = (
+    "model.large_embeddings.tables.0.optimizer={init_learning_rate: 0.2, rowwise_adagrad: {}, "
+    "learning_rate: {piecewise_constant: {learning_rate_boundaries: [2], "
+    "learning_rate_values: [0.2, 0.05]}}}",
+    "training.checkpoint_every_n=1",
+)
+USER_TABLE = "model.large_embeddings.ebc.embedding_bags.meta__user_id.weight"
+
+
+def test_table_optimizers_resume_exactly_and_train_alike_on_one_and_two_ranks(
+    tmp_path, initial_weights
+):
+    start = f"training.initial_checkpoint_dir={initial_weights}"
+    one = tiny_config(tmp_path / "one", start, *TABLE_OPTIMIZERS)
+    assert run_on_ranks(train_job, 1, one, workdir=tmp_path) == [4]
+    # Two ranks, stopped after step 2 and resumed: the accumulators come from the checkpoint.
+    stopped = tiny_config(tmp_path / "two", start, *TABLE_OPTIMIZERS, "training.num_train_steps=2")
+    two = tiny_config(tmp_path / "two", start, *TABLE_OPTIMIZERS)
+    steps = run_on_ranks(train_job_stopped_and_resumed, 2, stopped, two, workdir=tmp_path)
+    assert steps == [(2, 4), (2, 4)]
+
+    assert losses(tmp_path / "two") == pytest.approx(losses(tmp_path / "one"), rel=1e-5)
+    assert_same_parameters(full_parameters(two, 4), full_parameters(one, 4))
+    for records in (logged(tmp_path / "one"), logged(tmp_path / "two")):
+        rates = [r["lr/large_embeddings_fused/meta__user_id"] for r in records]
+        assert rates == [0.2, 0.2, 0.05, 0.05]
+        assert all(r["lr/large_embeddings_fused"] == 0.5 for r in records)
+
+    # Row-wise Adagrad's first step moves every row it looks up by the rate exactly (root mean
+    # square over the row): it is the algorithm at work, at its own schedule's rate.
+    initial = full_parameters(tiny_config(initial_weights), 1)[USER_TABLE]
+    moved = full_parameters(one, 1)[USER_TABLE] - initial
+    looked_up = moved.abs().sum(dim=1) > 0
+    assert looked_up.sum() >= 8
+    step_sizes = moved[looked_up].pow(2).mean(dim=1).sqrt()
+    torch.testing.assert_close(step_sizes, torch.full_like(step_sizes, 0.2), rtol=1e-4, atol=0)
 
 
 def test_gradient_accumulation_equals_a_batch_n_times_larger(tmp_path, initial_weights):

@@ -18,6 +18,7 @@ class Outer(BaseConfig):
     inner: Inner = Field(Inner(), description="inner")
     towers: dict[str, Inner] = Field({}, description="towers by dotted name")
     optional: Inner | None = Field(None, description="optional")
+    layers: list[Inner] = Field([], description="a list of sections")
 
 
 def write(tmp_path, text):
@@ -81,17 +82,32 @@ def test_override_into_a_null_section_and_a_list_item(tmp_path):
     assert config.inner.sizes == [1, 7]
 
 
+def test_list_items_are_named_by_brackets_or_dots(tmp_path):
+    path = write(tmp_path, "layers: [{sizes: [1, 2]}, {}, {}]\ntowers: {a.b: {sizes: [4]}}\n")
+    overrides = [
+        "layers[0].sizes[1]=7",
+        "layers.1.rate=0.5",
+        "layers[-1].sizes=[3]",
+        "towers.a.b.sizes[0]=5",
+    ]
+    config = load_config_from_yaml(Outer, path, overrides)
+    assert [layer.sizes for layer in config.layers] == [[1, 7], [1], [3]]
+    assert config.layers[1].rate == 0.5
+    assert config.towers["a.b"].sizes == [5]
+
+
 @pytest.mark.parametrize(
     ("override", "message"),
     [
         ("steps", "must look like dotted.path=value"),
+        ("layers[5].rate=1", "layers has no item 5"),
         ("inner.sizes.5=1", "inner.sizes has no item 5"),
         ("steps=[", "invalid value"),
     ],
 )
 def test_bad_overrides(override, message):
     with pytest.raises(ConfigError, match=message):
-        apply_override({"inner": {"sizes": [1]}}, override, Outer)
+        apply_override({"inner": {"sizes": [1]}, "layers": [{}]}, override, Outer)
 
 
 @pytest.mark.parametrize(

@@ -100,9 +100,9 @@ def test_table_weights_are_the_tables_by_name_sharing_their_storage():
     for name, weight in weights.items():
         parameter = tables.ebc.embedding_bags[name].weight
         assert weight.data_ptr() == parameter.data_ptr() and weight.shape == parameter.shape
-    assert [id(p) for p in tables.table_parameters()] == [
-        id(tables.ebc.embedding_bags[name].weight) for name in weights
-    ]
+    assert {name: id(p) for name, p in tables.table_parameters().items()} == {
+        name: id(tables.ebc.embedding_bags[name].weight) for name in weights
+    }
 
 
 @pytest.mark.parametrize(

@@ -205,7 +205,8 @@ def test_parameter_groups_cover_every_parameter_once_by_owner(recap):
         prefix = f"dense.towers.{module_key(task)}."
         expected = [name for name in names.values() if name.startswith(prefix)]
         assert named(parameters) == sorted(expected) and expected, task
-    assert named(groups.large_tables) == [
+    assert list(groups.large_tables) == ["meta__user_id", "meta__author_id"]
+    assert named(groups.large_tables.values()) == [
         "large_embeddings.ebc.embedding_bags.meta__author_id.weight",
         "large_embeddings.ebc.embedding_bags.meta__user_id.weight",
     ]
@@ -214,7 +215,7 @@ def test_parameter_groups_cover_every_parameter_once_by_owner(recap):
         for name in names.values()
         if name.startswith("dense.") and not name.startswith("dense.towers.")
     )
-    everything = [*groups.backbone, *groups.large_tables]
+    everything = [*groups.backbone, *groups.large_tables.values()]
     everything += [p for parameters in groups.towers.values() for p in parameters]
     assert sorted(map(id, everything)) == sorted(names)
 

@@ -4,6 +4,7 @@ import pytest
 import torch
 import yaml
 from torch import nn
+from torchrec.optim import RowWiseAdagrad
 
 from projects.home.recap.embedding.config import LargeEmbeddingsConfig
 from projects.home.recap.inputs import InputSpec, InputWidths, TaskSampling
@@ -44,7 +45,7 @@ class Toy(nn.Module):
             towers={
                 task: list(towers[task.replace(".", "__")].parameters()) for task in self.tasks
             },
-            large_tables=list(self.ebc.parameters()),
+            large_tables={"table": self.ebc["table"].weight},
         )
 
 
@@ -137,6 +138,28 @@ def test_each_group_gets_its_adam_and_schedule():
         "large_embeddings.ebc.table.weight" not in state
         or not state["large_embeddings.ebc.table.weight"]
     )  # plain SGD keeps no state
+
+
+def test_a_table_with_its_own_optimizer_is_a_group_with_its_own_schedule():
+    model = Toy()
+    own = LargeEmbeddingsConfig.model_validate(
+        {
+            "tables": [
+                {
+                    "name": "table",
+                    "num_embeddings": 5,
+                    "embedding_dim": 2,
+                    "optimizer": {"init_learning_rate": 0.3, "rowwise_adagrad": {}},
+                }
+            ],
+            "optimizer": {"init_learning_rate": 0.5},
+        }
+    )
+    optimizer, scheduler = build_optimizer(model, model.parameter_groups(), multi(), own)
+    assert scheduler.apply(0)["large_embeddings/table"] == 0.3
+    assert "large_embeddings" not in scheduler.group_names
+    table_optimizer = dict(optimizer.optimizers)["large_embeddings/table"]
+    assert isinstance(table_optimizer._optimizer, RowWiseAdagrad)  # replicated: torchrec's
 
 
 def test_a_group_without_schedule_is_an_error():
