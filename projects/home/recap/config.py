@@ -26,7 +26,11 @@ from tml.core.config import BaseConfig, ConfigValueError, Field, load_config_fro
 class TrainingConfig(BaseConfig):
     """Length, checkpointing, logging and evaluation cadence of a job."""
 
-    save_dir: str = Field("/tmp/model", description="Folder for checkpoints, logs and outputs.")
+    save_dir: str = Field(
+        "/tmp/model",
+        description="Folder (or object-store URL) for checkpoints, logs and outputs; one "
+        "training job at a time (it holds the folder's job.lock).",
+    )
     num_train_steps: pydantic.PositiveInt = Field(
         1_000_000, description="Number of optimizer steps the job ends at."
     )
@@ -97,6 +101,16 @@ class TrainingConfig(BaseConfig):
         "model's tables and the job's world size, ranks per machine and device, which is "
         "checked before training. Evaluation and inference plan for their own ranks.",
     )
+
+    @pydantic.model_validator(mode="after")
+    def _check_save_dir(self) -> TrainingConfig:
+        # An empty path would put checkpoints and logs into whatever folder the job starts in.
+        if not self.save_dir.strip():
+            raise ConfigValueError(
+                "is empty; name a folder or an object-store URL for the job's files",
+                ("save_dir",),
+            )
+        return self
 
 
 class RecapConfig(BaseConfig):

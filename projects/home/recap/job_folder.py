@@ -10,6 +10,7 @@ Layout::
       predictions/step_<N>/predictions-<rank>-of-<world size>.parquet
                            COMPLETE    written once every rank's file is whole
       exports/step_<N>.pt2           servable exports
+      job.lock                       held by the training job writing here (tml.storage.lock)
 
 Modes, the report and tests ask this class for paths; none of them spells a name under
 ``save_dir`` itself.
@@ -92,6 +93,12 @@ class JobFolder:
         """Where the evaluator writes a checkpoint's results for one partition (marking it
         done); it lives in the checkpoint folder so it goes when the checkpoint is pruned."""
         return checkpoint / f"evaluated_{partition}.json"
+
+    @property
+    def lock_file(self) -> AnyPath:
+        """The lock a training job holds on the folder, so that a second one cannot write
+        into it at the same time."""
+        return self.root / "job.lock"
 
     # Metric streams ---------------------------------------------------------------------------
 
