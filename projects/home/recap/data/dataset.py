@@ -35,7 +35,7 @@ from projects.home.recap.data.config import RecapDataConfig
 from projects.home.recap.data.embedding_ids import SparseFeatures
 from projects.home.recap.data.epoch_order import EpochOrder
 from projects.home.recap.data.features import FeaturePlan, plan_features
-from projects.home.recap.data.files import select_files
+from projects.home.recap.data.files import inputs_root, select_files
 from projects.home.recap.data.parquet_format import ParquetFormat
 from projects.home.recap.data.pipeline import ordered_map
 from projects.home.recap.data.preprocess import Preprocessor, build_preprocessor
@@ -176,7 +176,7 @@ class RecapDataset(torch.utils.data.IterableDataset):
         )
         self._files = share.files
         self.rows_per_epoch = share.rows
-        self._fingerprint = share.fingerprint()
+        self._fingerprint = share.fingerprint(inputs_root(config))
         self._order = EpochOrder(
             share.row_groups,
             shuffle=options.shuffle,

@@ -234,6 +234,21 @@ def test_resume_continues_with_the_next_unseen_batch(write_files, make_config, c
     assert [ids_of(batch) for batch in take(resumed, 14 - consumed)] == reference[consumed:]
 
 
+def test_a_moved_data_folder_still_resumes_exactly(tmp_path, write_files, make_config):
+    write_files([10, 7], row_group_size=3)
+    config = make_config()
+    reference = [
+        ids_of(batch) for batch in take(build_dataset(config, options=TRAIN, tasks=TASKS), 6)
+    ]
+    first = build_dataset(config, options=TRAIN, tasks=TASKS)
+    take(first, 2)
+    (tmp_path / "data").rename(tmp_path / "moved")
+    moved = make_config(inputs=str(tmp_path / "moved" / "*.parquet"))
+    resumed = build_dataset(moved, options=TRAIN, tasks=TASKS)
+    resumed.load_state_dict(first.state_dict())
+    assert [ids_of(batch) for batch in take(resumed, 4)] == reference[2:6]
+
+
 def test_state_recorded_before_read_ahead_batches_resumes_before_them(write_files, make_config):
     # A train pipeline holds batches it has not trained on yet; the trainer's position tracker
     # records the state as each batch leaves the loader, so a checkpoint resumes before them.
