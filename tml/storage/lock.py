@@ -5,8 +5,9 @@ heartbeat time that the holder rewrites every few seconds. A job finding the loc
 whether its holder is alive:
 
 * its heartbeat is older than ``stale_after_s``: dead (killed, or its machine is gone);
-* it ran on this host: alive exactly when its process is (a job killed with SIGKILL is taken
-  over at once by its relaunch);
+* it ran on this host: alive exactly when its process is, the same process (its start time
+  tells a reused process id apart, e.g. in a restarted container); a job killed with SIGKILL is
+  taken over at once by its relaunch;
 * it ran on another host under the same launch (torchrun's run id, kept across its restarts):
   an earlier round of this very job, whose rank 0 lived on another node;
 * otherwise alive: the folder is in use, and the new job stops with one line saying by whom.
@@ -40,12 +41,17 @@ class FolderInUseError(UserInputError):
 
 @dataclasses.dataclass(frozen=True)
 class LockHolder:
-    """Who holds a lock: a process of a launch on a host, alive as of ``heartbeat``."""
+    """Who holds a lock: a process of a launch on a host, alive as of ``heartbeat``.
+
+    ``started`` is the process's start time (clock ticks after boot; None where ``/proc`` is
+    not there), which tells it apart from a later process given the same id.
+    """
 
     run: str
     host: str
     pid: int
     heartbeat: float
+    started: int | None = None
 
     @classmethod
     def this_process(cls) -> LockHolder:
@@ -54,7 +60,7 @@ class LockHolder:
         # torchrun gives every round of workers of one launch the same run id; without it the
         # process is its own launch.
         run = os.environ.get("TORCHELASTIC_RUN_ID") or f"{host}:{pid}"
-        return cls(run=run, host=host, pid=pid, heartbeat=time.time())
+        return cls(run=run, host=host, pid=pid, heartbeat=time.time(), started=_start_time(pid))
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self))
@@ -65,11 +71,13 @@ class LockHolder:
         store without atomic writes, or something else)."""
         try:
             fields = json.loads(text)
+            started = fields.get("started")
             return cls(
                 run=str(fields["run"]),
                 host=str(fields["host"]),
                 pid=int(fields["pid"]),
                 heartbeat=float(fields["heartbeat"]),
+                started=None if started is None else int(started),
             )
         except (ValueError, KeyError, TypeError):
             return None
@@ -78,18 +86,34 @@ class LockHolder:
         return (self.run, self.host, self.pid) == (other.run, other.host, other.pid)
 
 
-def _process_alive(pid: int) -> bool:
+def _process_stat(pid: int) -> list[str] | None:
+    """The fields of ``/proc/<pid>/stat`` after the command name (state first), or None."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+
+
+def _start_time(pid: int) -> int | None:
+    stat = _process_stat(pid)
+    return int(stat[19]) if stat is not None and len(stat) > 19 else None
+
+
+def _process_alive(pid: int, started: int | None) -> bool:
+    """Whether the process ``pid`` that started at ``started`` still runs on this host."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:
-        return True  # someone else's process
-    try:  # a zombie has ended; only its exit status waits to be collected
-        stat = Path(f"/proc/{pid}/stat").read_text()
-        return stat.rsplit(")", 1)[1].split()[0] != "Z"
-    except (OSError, IndexError):
-        return True
+        pass  # someone else's process
+    stat = _process_stat(pid)
+    if stat is None:
+        return True  # no /proc: the id is all there is to go by
+    if stat[0] == "Z":  # a zombie has ended; only its exit status waits to be collected
+        return False
+    # Another process that was given the same id later (a restarted container counts from 1).
+    return started is None or _start_time(pid) == started
 
 
 def _create_exclusively(path: AnyPath, text: str) -> bool:
@@ -202,7 +226,7 @@ class FolderLock:
         if time.time() - holder.heartbeat > self._stale_after_s:
             return True
         if holder.host == self._me.host:
-            return not _process_alive(holder.pid)
+            return not _process_alive(holder.pid, holder.started)
         return holder.run == self._me.run
 
     def _in_use(self, holder: LockHolder) -> FolderInUseError:

@@ -59,6 +59,10 @@ def test_a_dead_jobs_lock_is_taken_over(folder, caplog):
     plant(folder, run="killed-launch", pid=finished.pid)
     with lock_at(folder):
         assert "taking over" in caplog.text
+    # Its process id now names another process (this one), as in a restarted container.
+    plant(folder, run="killed-launch", started=LockHolder.this_process().started - 1)
+    with lock_at(folder):
+        pass
     # On another host, silent for longer than stale_after_s.
     plant(folder, run="other-launch", host="elsewhere", heartbeat=time.time() - 121)
     with lock_at(folder):
