@@ -21,13 +21,14 @@ first, so a folder half removed never counts either.
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import json
 import logging
 import os
 import re
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from concurrent.futures import Future
 from typing import Any
 
@@ -42,6 +43,7 @@ from torch.distributed.checkpoint.default_planner import (
     DefaultLoadPlanner,
     create_default_local_load_plan,
 )
+from torch.distributed.checkpoint.metadata import TensorStorageMetadata
 from torch.distributed.checkpoint.planner import LoadPlan
 
 from tml.checkpoint.staging import SnapshotStager
@@ -59,6 +61,11 @@ class CheckpointMismatchError(UserInputError):
 
 class CheckpointNotFoundError(UserInputError, FileNotFoundError):
     """No complete checkpoint where one was asked for."""
+
+
+class CheckpointWriteError(UserInputError):
+    """A checkpoint could not be written (disk full, no permission, a file in the way); the
+    message names the folder and the reason. The checkpoints written before are untouched."""
 
 
 _STEP_FOLDER = re.compile(r"^step_(\d+)$")
@@ -163,29 +170,30 @@ class CheckpointManager:
         """
         self.wait()
         folder = checkpoint_folder(self.directory, step)
-        if self._rank == 0 and folder.exists():
-            _remove_checkpoint(folder)
-        dist.barrier()
-        folder.mkdir(parents=True, exist_ok=True)
-        if rank_state is not None:
-            _write_json(folder / f"rank_{self._rank}.json", dict(rank_state))
-        if self._async_save:
-            future = dcp.async_save(
-                _without_empty_containers(state),
-                storage_writer=storage_writer(folder),
-                process_group=self._group,
-                async_stager=self._stager,
-            )
-            # Newer torch returns a response holding separate staging and upload futures.
-            future = getattr(future, "upload_completion", future)
-            self._pending = (step, future)
-        else:
+        with self._write_errors(step):
+            if self._rank == 0 and folder.exists():
+                _remove_checkpoint(folder)
+            dist.barrier()
+            folder.mkdir(parents=True, exist_ok=True)
+            if rank_state is not None:
+                _write_json(folder / f"rank_{self._rank}.json", dict(rank_state))
+            if self._async_save:
+                future = dcp.async_save(
+                    _without_empty_containers(state),
+                    storage_writer=storage_writer(folder),
+                    process_group=self._group,
+                    async_stager=self._stager,
+                )
+                # Newer torch returns a response holding separate staging and upload futures.
+                future = getattr(future, "upload_completion", future)
+                self._pending = (step, future)
+                return
             dcp.save(
                 _without_empty_containers(state),
                 storage_writer=storage_writer(folder),
                 process_group=self._group,
             )
-            self._finish(step)
+        self._finish(step)
 
     def poll(self) -> None:
         """Completes a background write that has finished; cheap to call every step."""
@@ -198,8 +206,34 @@ class CheckpointManager:
             return
         step, future = self._pending
         self._pending = None
-        future.result()
+        with self._write_errors(step):
+            future.result()
         self._finish(step)
+
+    @contextlib.contextmanager
+    def _write_errors(self, step: int) -> Iterator[None]:
+        """Turns a failed write (the disk full, no permission, ...) into one line naming the
+        folder and the reason."""
+        try:
+            yield
+        # torch.distributed.checkpoint's own exception is no Exception (a BaseException).
+        except (Exception, dcp.CheckpointException) as error:
+            if isinstance(error, UserInputError):
+                raise
+            folder = checkpoint_folder(self.directory, step)
+            cause = _os_error(error)
+            # torch.save reports a file it could not finish as a position mismatch, the disk's
+            # error lost on the way: writing a little more shows whether the folder takes any.
+            reason = cause.strerror or str(cause) if cause is not None else _write_probe(folder)
+            if reason is None:
+                raise
+            newest = self.latest_step()
+            kept = "none is complete" if newest is None else f"step_{newest} is complete"
+            raise CheckpointWriteError(
+                f"cannot write checkpoint {folder}: {reason}; the checkpoints written before "
+                f"are untouched ({kept}, and a relaunch resumes from it once the problem is "
+                "fixed)"
+            ) from None
 
     def load(self, state: dict[str, Any], step: int | None = None) -> dict[str, Any] | None:
         """Loads a checkpoint into ``state`` in place and returns this rank's ``rank_state``.
@@ -227,7 +261,8 @@ class CheckpointManager:
         if self._rank != 0:
             return
         folder = checkpoint_folder(self.directory, step)
-        _write_json(folder / COMPLETE_MARKER, {"step": step, "time": time.time()})
+        with self._write_errors(step):
+            _write_json(folder / COMPLETE_MARKER, {"step": step, "time": time.time()})
         logger.info("checkpoint written: %s", folder)
         self._prune()
 
@@ -245,6 +280,40 @@ class CheckpointManager:
             if _STEP_FOLDER.match(child.name) and not is_complete(child):
                 logger.warning("removing incompletely written checkpoint %s", child)
                 remove_tree(child)
+
+
+def _os_error(error: BaseException) -> OSError | None:
+    """The operating system's (or store's) error behind a failed write, if that is what it was:
+    torch.distributed.checkpoint wraps each rank's failure in a ``CheckpointException``."""
+    seen: set[int] = set()
+    pending: list[BaseException] = [error]
+    while pending:
+        current = pending.pop(0)
+        if id(current) in seen:
+            continue
+        seen.add(id(current))
+        if isinstance(current, OSError):
+            return current
+        for failure in getattr(current, "failures", {}).values():
+            # Each failure is the exception, or (exception, its formatted traceback).
+            failure = failure[0] if isinstance(failure, tuple) else failure
+            if isinstance(failure, BaseException):
+                pending.append(failure)
+        pending.extend(e for e in (current.__cause__, current.__context__) if e is not None)
+    return None
+
+
+def _write_probe(folder: AnyPath) -> str | None:
+    """Why ``folder`` takes no more data (e.g. "No space left on device"), or None if it does."""
+    probe = folder / ".write_probe"
+    try:
+        probe.write_bytes(bytes(1 << 20))
+    except OSError as error:
+        return error.strerror or str(error)
+    finally:
+        with contextlib.suppress(OSError):
+            probe.unlink(missing_ok=True)
+    return None
 
 
 def _remove_checkpoint(folder: AnyPath) -> None:
@@ -299,14 +368,15 @@ class _LoadPlanner(DefaultLoadPlanner):
 
 
 def _check_keys(folder: AnyPath, state: Mapping[str, Any]) -> None:
-    """Fails with the missing names when the checkpoint lacks something ``state`` asks for.
+    """Fails with the names when the checkpoint lacks something ``state`` asks for, or holds a
+    tensor of another shape (a config changed a layer's or a table's size since).
 
     (torch.distributed.checkpoint would otherwise guess an old format and report a confusing
-    key.)
+    key, or fail with a traceback per rank.)
     """
-    saved = set(storage_reader(folder).read_metadata().state_dict_metadata)
-    wanted = set(flatten_state_dict(dict(state))[0])
-    missing = sorted(wanted - saved)
+    saved = storage_reader(folder).read_metadata().state_dict_metadata
+    wanted = flatten_state_dict(dict(state))[0]
+    missing = sorted(set(wanted) - set(saved))
     if missing:
         shown = ", ".join(missing[:5]) + (
             f" and {len(missing) - 5} more" if len(missing) > 5 else ""
@@ -315,6 +385,18 @@ def _check_keys(folder: AnyPath, state: Mapping[str, Any]) -> None:
             f"checkpoint {folder} has no {shown}: it was written for a different model or "
             "optimizer configuration"
         )
+    for name, value in wanted.items():
+        stored = saved[name]
+        if not isinstance(value, torch.Tensor) or not isinstance(stored, TensorStorageMetadata):
+            continue
+        # A sharded tensor's size() is the whole tensor's, as the metadata records it.
+        shape, stored_shape = tuple(value.size()), tuple(stored.size)
+        if shape != stored_shape:
+            raise CheckpointMismatchError(
+                f"checkpoint {folder}: tensor '{name}' has shape {list(stored_shape)} there, "
+                f"{list(shape)} in this job: the config changed its size since the checkpoint "
+                "was written (restore the size, or start from another save_dir)"
+            )
 
 
 def _without_empty_containers(state: Mapping[str, Any]) -> dict[str, Any]:

@@ -14,6 +14,7 @@ import dataclasses
 import datetime
 import logging
 import os
+import signal
 from collections.abc import Iterator, Mapping
 
 import torch
@@ -149,6 +150,31 @@ def check_restartable(environment: Mapping[str, str]) -> None:
             f"{UNSHARED_STORE_VARIABLE}=1 in torchrun's environment with the c10d rendezvous "
             "(--standalone or --rdzv-backend c10d), as docker/entrypoint.sh does"
         )
+
+
+# Set by docker/entrypoint.sh for its workers: the launcher's process, told of a user error.
+LAUNCHER_PID_VARIABLE = "TML_LAUNCHER_PID"
+USER_ERROR_SIGNAL = signal.SIGUSR2
+
+
+def report_user_error(environment: Mapping[str, str]) -> bool:
+    """Tells the launcher that this worker stopped on a mistake in config or data, so that it
+    ends the job instead of letting torchrun restart the workers into the same mistake.
+
+    torchrun (torch 2.13's elastic agent) restarts a failed worker group whatever the exit
+    code, up to ``--max-restarts``; it has no "do not retry" code. docker/entrypoint.sh, which
+    every shipped launcher uses, names itself in ``TML_LAUNCHER_PID``; on this signal it
+    freezes torchrun (so it restarts nothing), ends its workers and exits 2. Returns whether a
+    launcher was told (not when the worker runs outside it).
+    """
+    launcher = environment.get(LAUNCHER_PID_VARIABLE)
+    if not launcher or "TORCHELASTIC_RUN_ID" not in environment:
+        return False
+    try:
+        os.kill(int(launcher), USER_ERROR_SIGNAL)
+    except (ValueError, ProcessLookupError, PermissionError):
+        return False
+    return True
 
 
 # How Gloo and NCCL report that the process at the other end of a connection went away.

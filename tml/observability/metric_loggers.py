@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterable, Mapping
 from typing import IO, Protocol
 
 from tml.observability.metric_json import metrics_to_json
-from tml.storage import RemotePath, as_path
+from tml.storage import RemotePath, as_path, write_atomically
 
 logger = logging.getLogger(__name__)
 
@@ -22,6 +22,11 @@ class MetricLogger(Protocol):
     """Receives named scalar metrics at a step."""
 
     def log(self, step: int, metrics: Mapping[str, float]) -> None: ...
+
+    def discard_after(self, step: int) -> None:
+        """Forgets what was logged after ``step``: a job resuming from a checkpoint at ``step``
+        logs those steps again."""
+        ...
 
     def close(self) -> None: ...
 
@@ -44,6 +49,9 @@ class ConsoleLogger:
         )
         logger.info("%sstep %d | %s", self._prefix, step, fields)
 
+    def discard_after(self, step: int) -> None:
+        """Nothing to forget: the console's lines are gone."""
+
     def close(self) -> None:
         """Nothing to release: the log handlers belong to the logging set-up."""
 
@@ -51,9 +59,10 @@ class ConsoleLogger:
 class JsonlLogger:
     """Appends ``{"step": ..., "time": ..., "<name>": value, ...}`` lines to a file.
 
-    Appending keeps the history of a resumed job; a step logged before a restart may appear twice.
-    An object store cannot append: there the file's text is kept and the whole object rewritten
-    at each log step (a metric log is small, and each rewrite is one atomic PUT).
+    Appending keeps the history of a resumed job; :meth:`discard_after` drops the records of the
+    steps the job repeats, so that each step appears once. An object store cannot append: there
+    the file's text is kept and the whole object rewritten at each log step (a metric log is
+    small, and each rewrite is one atomic PUT).
     """
 
     def __init__(self, path: str | os.PathLike | RemotePath) -> None:
@@ -80,9 +89,37 @@ class JsonlLogger:
         self._file.write(line)
         self._file.flush()
 
+    def discard_after(self, step: int) -> None:
+        """Rewrites the file without the records of steps after ``step`` (atomically: a kill
+        leaves the old file or the new one)."""
+        if self._file is not None:
+            self._file.close()
+            text = self._path.read_text()
+        else:
+            text = self._text
+        kept = [line for line in text.splitlines(keepends=True) if _step_of(line) <= step]
+        if len(kept) != len(text.splitlines()):
+            text = "".join(kept)
+            write_atomically(self._path, text)
+            logger.info(
+                "%s: dropped the records after step %d, which the job repeats", self._path, step
+            )
+        if self._file is not None:
+            self._file = self._path.open("a")
+        else:
+            self._text = text
+
     def close(self) -> None:
         if self._file is not None:
             self._file.close()
+
+
+def _step_of(line: str) -> float:
+    # A line cut short by a kill (the last one) belongs to a repeated step too.
+    try:
+        return float(json.loads(line)["step"])
+    except (ValueError, KeyError, TypeError):
+        return float("inf")
 
 
 class TensorBoardLogger:
@@ -92,7 +129,16 @@ class TensorBoardLogger:
         # Imported here: TensorBoard costs a second to import and only rank 0 needs it.
         from torch.utils.tensorboard import SummaryWriter
 
-        self._writer = SummaryWriter(log_dir=str(log_dir))
+        self._log_dir = str(log_dir)
+        self._writer = SummaryWriter(log_dir=self._log_dir)
+
+    def discard_after(self, step: int) -> None:
+        """Starts a new event file that tells TensorBoard to hide the events after ``step``
+        (the writer's ``purge_step``; the files themselves are append-only)."""
+        from torch.utils.tensorboard import SummaryWriter
+
+        self._writer.close()
+        self._writer = SummaryWriter(log_dir=self._log_dir, purge_step=step + 1)
 
     def log(self, step: int, metrics: Mapping[str, float]) -> None:
         for name, value in metrics.items():
@@ -112,6 +158,10 @@ class MetricLoggers:
     def log(self, step: int, metrics: Mapping[str, float]) -> None:
         for metric_logger in self._loggers:
             metric_logger.log(step, metrics)
+
+    def discard_after(self, step: int) -> None:
+        for metric_logger in self._loggers:
+            metric_logger.discard_after(step)
 
     def close(self) -> None:
         for metric_logger in self._loggers:

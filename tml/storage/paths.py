@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import os
 import shutil
@@ -214,6 +215,34 @@ def write_atomically(path: AnyPath, text: str) -> None:
     temporary = path.with_name(path.name + ".tmp")
     temporary.write_text(text)
     temporary.replace(path)
+
+
+PARTIAL_SUFFIX = ".partial"
+
+
+@contextlib.contextmanager
+def file_written_whole(path: AnyPath) -> Iterator[str | IO[bytes]]:
+    """Where to write a (large, streamed) file so that it never shows partial under its name.
+
+    Yields a local path to write to, or an open binary file for an object store. Locally the
+    file is written under ``<name>.partial`` and renamed when the block ends without error; a
+    killed process or an error leaves only the ``.partial`` file. An object appears only once
+    its upload is closed; when the block fails the object is removed again (a killed process
+    never completes the upload).
+    """
+    if isinstance(path, RemotePath):
+        sink = path.open("wb")
+        try:
+            with contextlib.closing(sink):
+                yield sink
+        except BaseException:
+            # Closing a file object completes its upload even after an error: take it back.
+            path.unlink(missing_ok=True)
+            raise
+        return
+    partial = path.with_name(path.name + PARTIAL_SUFFIX)
+    yield str(partial)
+    partial.replace(path)
 
 
 def open_input_file(path: str) -> str | pa.NativeFile:

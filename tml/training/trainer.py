@@ -56,6 +56,10 @@ class Evaluate(Protocol):
 
     def __call__(self, model: torch.nn.Module, step: int) -> object: ...
 
+    def discard_after(self, step: int) -> None:
+        """Forgets results logged after ``step`` (the job resumes there and repeats them)."""
+        ...
+
     def close(self) -> None: ...
 
 
@@ -156,6 +160,11 @@ class Trainer:
         rank_state = self.checkpoints.load(state, step)
         self._load_state(state)
         self._restore_data_position(rank_state)
+        # The steps after the checkpoint are trained (and logged) again: their first records,
+        # from before the restart, go, so that each step is in the logs once.
+        self.loggers.discard_after(self.step)
+        if self.evaluate is not None:
+            self.evaluate.discard_after(self.step)
         logger.info("resumed from step %d", self.step)
         return True
 

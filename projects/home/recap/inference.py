@@ -2,7 +2,8 @@
 predictions.
 
 Each rank scores its disjoint share of the partition named by ``inference.data`` and writes its
-own predictions file (see ``JobFolder``) with, per input row (each exactly once):
+own predictions file (see ``JobFolder``; under a temporary name until it is whole, and the
+folder's ``COMPLETE`` marker once every rank's is) with, per input row (each exactly once):
 
 * ``source_file``, ``source_row``: the row's data file and its index within that file (from 0),
   a stable id to join the predictions back to the data;
@@ -21,7 +22,7 @@ would drop rows), so ``tml-recap-score`` computes evaluation's metrics from thes
 
 from __future__ import annotations
 
-import contextlib
+import json
 import logging
 
 import pyarrow.parquet as pq
@@ -48,7 +49,7 @@ from projects.home.recap.predictions import (
 )
 from tml.core.errors import UserInputError
 from tml.distributed import DistributedEnvironment
-from tml.storage import AnyPath, RemotePath, as_path
+from tml.storage import AnyPath, as_path, file_written_whole, write_atomically
 
 logger = logging.getLogger(__name__)
 
@@ -81,22 +82,23 @@ def run_inference(config: RecapConfig, environment: DistributedEnvironment) -> A
 
     output_dir = as_path(config.inference.output_dir or job.predictions_dir(checkpoint))
     output_dir.mkdir(parents=True, exist_ok=True)
+    marker = JobFolder.predictions_marker(output_dir)
     if environment.is_main:
+        # The marker goes first, so that the folder never claims files that are being replaced.
         # Files of an earlier run (maybe with another number of ranks) would mix in old rows.
+        marker.unlink(missing_ok=True)
         for stale in JobFolder.predictions_files(output_dir):
+            stale.unlink()
+        for stale in JobFolder.partial_predictions_files(output_dir):
             stale.unlink()
     if dist.is_initialized():
         dist.barrier()
     path = JobFolder.predictions_file(output_dir, environment.rank, environment.world_size)
     weights = ranking_weights(config.inference, tasks)
-    schema = columns.schema()
     rows = 0
-    # Every rank writes its file, empty if its share is, so the folder always has them all.
-    # A remote file is written through fsspec (a multipart upload, visible once closed).
-    sink = path.open("wb") if isinstance(path, RemotePath) else str(path)
     with (
-        contextlib.closing(sink) if not isinstance(sink, str) else contextlib.nullcontext(),
-        pq.ParquetWriter(sink, schema, compression="zstd") as writer,
+        file_written_whole(path) as sink,
+        pq.ParquetWriter(sink, columns.schema(), compression="zstd") as writer,
         torch.no_grad(),
     ):
         steps = agreed_steps(dataset.batches_per_pass, -1, environment.device)
@@ -106,6 +108,14 @@ def run_inference(config: RecapConfig, environment: DistributedEnvironment) -> A
                 table = prediction_table(batch, outputs, columns, weights, dataset.file_paths)
                 writer.write_table(table)
                 rows += table.num_rows
+    total = _sum_over_ranks(rows, environment.device)
+    if environment.is_main:
+        write_atomically(
+            marker,
+            json.dumps(
+                {"checkpoint": str(checkpoint), "rows": total, "files": environment.world_size}
+            ),
+        )
     logger.info(
         "rank %d scored %d rows of '%s' with %s into %s",
         environment.rank,
@@ -115,3 +125,12 @@ def run_inference(config: RecapConfig, environment: DistributedEnvironment) -> A
         path,
     )
     return output_dir
+
+
+def _sum_over_ranks(count: int, device: torch.device) -> int:
+    """``count`` summed over the ranks (after every rank has closed its file)."""
+    if not (dist.is_initialized() and dist.get_world_size() > 1):
+        return count
+    total = torch.tensor([count], dtype=torch.int64, device=device)
+    dist.all_reduce(total)
+    return int(total.item())

@@ -8,7 +8,9 @@ Layout::
       train.jsonl, eval.jsonl, evaluator.jsonl     metric streams, one JSON record per log step
       tensorboard/<stream>/          TensorBoard event files of each stream
       predictions/step_<N>/predictions-<rank>-of-<world size>.parquet
+                           COMPLETE    written once every rank's file is whole
       exports/step_<N>.pt2           servable exports
+      job.lock                       held by the training job writing here (tml.storage.lock)
 
 Modes, the report and tests ask this class for paths; none of them spells a name under
 ``save_dir`` itself.
@@ -27,8 +29,14 @@ from collections.abc import Callable
 from pathlib import Path
 
 from tml.checkpoint import CheckpointNotFoundError, is_complete, latest_complete_folder
+from tml.core.errors import UserInputError
 from tml.observability.metric_loggers import MetricLoggers, build_metric_loggers
 from tml.storage import AnyPath, RemotePath, as_path
+from tml.storage.paths import PARTIAL_SUFFIX
+
+
+class IncompletePredictionsError(UserInputError):
+    """A predictions folder whose inference did not finish: some rank's file may be partial."""
 
 
 class MetricStream(enum.StrEnum):
@@ -86,6 +94,12 @@ class JobFolder:
         done); it lives in the checkpoint folder so it goes when the checkpoint is pruned."""
         return checkpoint / f"evaluated_{partition}.json"
 
+    @property
+    def lock_file(self) -> AnyPath:
+        """The lock a training job holds on the folder, so that a second one cannot write
+        into it at the same time."""
+        return self.root / "job.lock"
+
     # Metric streams ---------------------------------------------------------------------------
 
     def metrics_file(self, stream: MetricStream) -> AnyPath:
@@ -129,16 +143,49 @@ class JobFolder:
         return directory / f"predictions-{rank}-of-{world_size}.parquet"
 
     @staticmethod
+    def partial_predictions_files(directory: AnyPath) -> list[AnyPath]:
+        """Predictions files left partial by an inference that did not finish
+        (:func:`tml.storage.file_written_whole`'s temporary names)."""
+        return sorted(directory.glob(f"predictions-*-of-*.parquet{PARTIAL_SUFFIX}"))
+
+    @staticmethod
+    def predictions_marker(directory: AnyPath) -> AnyPath:
+        """Written into a predictions folder once every rank's file is whole."""
+        return directory / "COMPLETE"
+
+    @staticmethod
     def predictions_files(directory: AnyPath) -> list[AnyPath]:
-        """Every rank's predictions file in a predictions folder, sorted."""
+        """Every rank's predictions file in a predictions folder, sorted, complete or not."""
         return sorted(directory.glob("predictions-*-of-*.parquet"))
 
+    @classmethod
+    def complete_predictions_files(cls, directory: AnyPath) -> list[AnyPath]:
+        """The predictions files of a folder whose inference finished on every rank.
+
+        Raises:
+            IncompletePredictionsError: the folder has files but no completion marker.
+        """
+        files = cls.predictions_files(directory)
+        if files and not cls.predictions_marker(directory).is_file():
+            raise IncompletePredictionsError(
+                f"{directory}: the predictions are incomplete (no "
+                f"{cls.predictions_marker(directory).name} marker: the inference that wrote them "
+                "did not finish); rerun --mode inference"
+            )
+        return files
+
     def all_predictions_files(self) -> list[AnyPath]:
-        """The predictions files of every checkpoint scored into the default folders."""
+        """The predictions files of every checkpoint scored into the default folders (complete
+        folders only)."""
         root = self.root / self.PREDICTIONS
         if not root.is_dir():
             return []
-        return [path for child in sorted(root.iterdir()) for path in self.predictions_files(child)]
+        return [
+            path
+            for child in sorted(root.iterdir())
+            if self.predictions_marker(child).is_file()
+            for path in self.predictions_files(child)
+        ]
 
     def export_file(self, checkpoint: AnyPath) -> AnyPath:
         """The default servable export of ``checkpoint``."""

@@ -23,7 +23,12 @@ from projects.home.recap.train import run_training
 from tml.core.cli import USER_ERROR_EXIT, add_config_arguments, exit_status, parse_command_line
 from tml.core.config import load_config_from_yaml
 from tml.core.errors import UserInputError
-from tml.distributed import DistributedEnvironment, distributed_environment, lost_peer
+from tml.distributed import (
+    DistributedEnvironment,
+    distributed_environment,
+    lost_peer,
+    report_user_error,
+)
 from tml.observability.logging import setup_logging
 
 # A rank that stopped because another went away (the failure is that rank's, not this one's).
@@ -65,8 +70,15 @@ def main(argv: list[str] | None = None) -> int:
 
     Under torchrun, the rank that finds a mistake prints it; an error every rank agrees on is
     printed by rank 0; a rank that only lost its connection to a failed one says so in a line.
+    A mistake is not retried: the launcher (docker/entrypoint.sh) is told to end the job.
     """
-    args = parse_command_line(build_argument_parser(), argv)
+    status = _run(parse_command_line(build_argument_parser(), argv))
+    if status == USER_ERROR_EXIT:
+        report_user_error(os.environ)
+    return status
+
+
+def _run(args: argparse.Namespace) -> int:
     # torchrun's variables name this process's rank before the process group exists; logging is
     # set up first so that everything, the distributed set-up included, logs through it.
     rank = int(os.environ.get("RANK", 0))

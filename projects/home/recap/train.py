@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import torch
 import torch.distributed as dist
@@ -30,7 +30,9 @@ from projects.home.recap.job_folder import JobFolder, MetricStream
 from projects.home.recap.model.embeddings import load_pretrained_embeddings
 from projects.home.recap.optimizer.optimizer import build_optimizer
 from tml.checkpoint import CheckpointManager
+from tml.core.errors import UserInputError
 from tml.distributed import DistributedEnvironment
+from tml.storage.lock import FolderLock
 from tml.training.data_position import StatefulBatches
 from tml.training.preemption import StopRequest
 from tml.training.trainer import LoopSettings, Trainer
@@ -144,6 +146,36 @@ def table_norms(
     return norms
 
 
+@contextlib.contextmanager
+def hold_save_dir(job: JobFolder, environment: DistributedEnvironment) -> Iterator[None]:
+    """Rank 0 holds the job folder's lock while the job trains; every rank fails with the
+    same line when the folder cannot be written or another live job holds it.
+
+    Taken before anything is written there: the checkpoint manager removes incomplete
+    checkpoint folders at start, which would be another job's checkpoint being written.
+    """
+    lock = FolderLock(job.lock_file, owner="training.save_dir") if environment.is_main else None
+    problem = None
+    if lock is not None:
+        try:
+            lock.acquire()
+        except UserInputError as error:
+            problem = str(error)
+    if dist.is_initialized() and dist.get_world_size() > 1:
+        shared = [problem]
+        dist.broadcast_object_list(shared, src=0)
+        problem = shared[0]
+    if problem is not None:
+        error = UserInputError(problem)
+        error.same_on_every_rank = True
+        raise error
+    try:
+        yield
+    finally:
+        if lock is not None:
+            lock.release()
+
+
 def run_training(
     config: RecapConfig,
     environment: DistributedEnvironment,
@@ -157,7 +189,11 @@ def run_training(
     # Installed before the (slow) build, so that a SIGTERM while it runs still ends the job
     # cleanly, at its first step boundary.
     stop_request = StopRequest(config.training.preemption_grace_period_in_s, environment.rank)
-    with stop_request, build_trainer(config, environment, batches, stop_request) as trainer:
+    with (
+        stop_request,
+        hold_save_dir(JobFolder(config.training.save_dir), environment),
+        build_trainer(config, environment, batches, stop_request) as trainer,
+    ):
         if not trainer.resume():
             if config.training.initial_checkpoint_dir:
                 job = JobFolder(config.training.save_dir)

@@ -1,10 +1,14 @@
 import json
+import resource
+import signal
 
 import pytest
 import torch
 
 from tml.checkpoint import (
     CheckpointManager,
+    CheckpointMismatchError,
+    CheckpointWriteError,
     checkpoint_folder,
     complete_steps,
     latest_complete_folder,
@@ -98,3 +102,56 @@ def test_no_checkpoint(tmp_path, single_process_group):
     with pytest.raises(FileNotFoundError, match=str(tmp_path)):
         manager.load(state_of(0.0))
     assert latest_complete_folder(tmp_path) is None
+
+
+def test_a_tensor_of_another_shape_is_one_line_naming_it_and_both_shapes(
+    tmp_path, single_process_group
+):
+    CheckpointManager(tmp_path, async_save=False).save(5, state_of(5.0))
+    resized = state_of(0.0)
+    resized["weights"] = torch.zeros(6)
+    with pytest.raises(CheckpointMismatchError) as error:
+        load_checkpoint(checkpoint_folder(tmp_path, 5), resized)
+    assert str(error.value) == (
+        f"checkpoint {checkpoint_folder(tmp_path, 5)}: tensor 'weights' has shape [4] there, "
+        "[6] in this job: the config changed its size since the checkpoint was written "
+        "(restore the size, or start from another save_dir)"
+    )
+
+
+@pytest.fixture
+def files_limited_to_64_kib():
+    """Files of this process cannot grow past 64 KiB while the test runs, as on a full disk
+    (the write fails with EFBIG instead of ENOSPC, through the same path)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    handler = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # fail the write, not the process
+    resource.setrlimit(resource.RLIMIT_FSIZE, (64 * 1024, hard))
+    try:
+        yield
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+        signal.signal(signal.SIGXFSZ, handler)
+
+
+@pytest.mark.parametrize("async_save", [True, False])
+def test_a_full_disk_is_one_line_and_keeps_the_checkpoints_written_before(
+    tmp_path, single_process_group, async_save, request
+):
+    manager = CheckpointManager(tmp_path, async_save=async_save)
+    manager.save(1, state_of(1.0))
+    manager.wait()
+    big = state_of(2.0)
+    big["weights"] = torch.zeros(100_000)  # 400 KB
+    request.getfixturevalue("files_limited_to_64_kib")
+    with pytest.raises(CheckpointWriteError) as error:
+        manager.save(2, big)
+        manager.wait()
+    assert str(error.value) == (
+        f"cannot write checkpoint {checkpoint_folder(tmp_path, 2)}: File too large; the "
+        "checkpoints written before are untouched (step_1 is complete, and a relaunch resumes "
+        "from it once the problem is fixed)"
+    )
+    assert complete_steps(tmp_path) == [1]
+    target = state_of(0.0)
+    manager.load(target)
+    assert torch.equal(target["weights"], torch.full((4,), 1.0))

@@ -1,10 +1,18 @@
+import os
+import signal
+
 import pytest
 import torch
 import torch.distributed as dist
 
 from tml.core.errors import UserInputError
 from tml.distributed import init_distributed
-from tml.distributed.environment import check_restartable
+from tml.distributed.environment import (
+    LAUNCHER_PID_VARIABLE,
+    USER_ERROR_SIGNAL,
+    check_restartable,
+    report_user_error,
+)
 
 
 def test_single_process_without_torchrun_gets_a_group(single_process_group):
@@ -36,3 +44,16 @@ def test_restarts_sharing_the_agents_rendezvous_store_are_refused():
     # A store per round of workers, or no restarts at all, cannot read a dead round's addresses.
     check_restartable({**shared, "TORCHELASTIC_USE_AGENT_STORE": "False"})
     check_restartable({**shared, "TORCHELASTIC_MAX_RESTARTS": "0"})
+
+
+def test_a_mistake_is_reported_to_the_launcher_that_asked_for_it():
+    received = []
+    previous = signal.signal(USER_ERROR_SIGNAL, lambda number, frame: received.append(number))
+    try:
+        torchrun = {"TORCHELASTIC_RUN_ID": "job"}
+        assert not report_user_error(torchrun)  # plain torchrun: no one to tell
+        assert not report_user_error({LAUNCHER_PID_VARIABLE: str(os.getpid())})  # no torchrun
+        assert report_user_error({**torchrun, LAUNCHER_PID_VARIABLE: str(os.getpid())})
+        assert received == [USER_ERROR_SIGNAL]
+    finally:
+        signal.signal(USER_ERROR_SIGNAL, previous)

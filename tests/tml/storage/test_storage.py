@@ -3,6 +3,8 @@
 import re
 from pathlib import Path
 
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 
 from tml.core.errors import UserInputError
@@ -10,6 +12,7 @@ from tml.storage import (
     RemotePath,
     StorageError,
     as_path,
+    file_written_whole,
     list_files,
     remove_tree,
     write_atomically,
@@ -94,3 +97,25 @@ def test_transient_errors_and_slow_answers_are_retried(s3_server, s3_bucket):
 def test_local_write_atomically_leaves_no_temporary(tmp_path: Path):
     write_atomically(tmp_path / "a.json", "{}")
     assert [path.name for path in tmp_path.iterdir()] == ["a.json"]
+
+
+def _write_parquet(path, fail: bool) -> None:
+    table = pa.table({"x": list(range(1000))})
+    with file_written_whole(path) as sink, pq.ParquetWriter(sink, table.schema) as writer:
+        writer.write_table(table)
+        if fail:
+            raise RuntimeError("killed half way")
+
+
+@pytest.mark.parametrize("where", ["local", "bucket"])
+def test_a_file_written_whole_shows_under_its_name_only_when_whole(where, tmp_path, request):
+    root = as_path(request.getfixturevalue("s3_bucket")) if where == "bucket" else tmp_path
+    path = root / "part-0.parquet"
+    with pytest.raises(RuntimeError, match="killed half way"):
+        _write_parquet(path, fail=True)
+    assert not path.exists()
+    if where == "local":  # the partial file keeps its temporary name
+        assert [child.name for child in tmp_path.iterdir()] == ["part-0.parquet.partial"]
+    _write_parquet(path, fail=False)
+    with path.open("rb") as source:
+        assert pq.read_table(source)["x"].to_pylist() == list(range(1000))

@@ -8,13 +8,17 @@ from __future__ import annotations
 
 import pydantic
 
-from tml.core.config.base_config import BaseConfig, Field
+from tml.core.config.base_config import BaseConfig, ConfigValueError, Field
 
 
 class BaseTrainingConfig(BaseConfig):
     """Length, checkpointing, logging and evaluation cadence of a job."""
 
-    save_dir: str = Field("/tmp/model", description="Folder for checkpoints, logs and outputs.")
+    save_dir: str = Field(
+        "/tmp/model",
+        description="Folder (or object-store URL) for checkpoints, logs and outputs; a recap "
+        "training job holds it alone (its job.lock).",
+    )
     num_train_steps: pydantic.PositiveInt = Field(
         1_000_000, description="Number of optimizer steps the job ends at."
     )
@@ -67,3 +71,13 @@ class BaseTrainingConfig(BaseConfig):
         "(Kubernetes terminationGracePeriodSeconds, default 30 s; torchrun --shutdown-timeout, "
         "default 30 s) and above the time of one step plus one checkpoint write.",
     )
+
+    @pydantic.model_validator(mode="after")
+    def _check_save_dir(self) -> BaseTrainingConfig:
+        # An empty path would put checkpoints and logs into whatever folder the job starts in.
+        if not self.save_dir.strip():
+            raise ConfigValueError(
+                "is empty; name a folder or an object-store URL for the job's files",
+                ("save_dir",),
+            )
+        return self

@@ -35,13 +35,14 @@ from projects.home.recap.data.config import RecapDataConfig
 from projects.home.recap.data.embedding_ids import SparseFeatures
 from projects.home.recap.data.epoch_order import EpochOrder
 from projects.home.recap.data.features import FeaturePlan, plan_features
-from projects.home.recap.data.files import select_files
+from projects.home.recap.data.files import inputs_root, select_files
 from projects.home.recap.data.parquet_format import ParquetFormat
 from projects.home.recap.data.pipeline import ordered_map
 from projects.home.recap.data.preprocess import Preprocessor, build_preprocessor
-from projects.home.recap.data.reader import FileFormat
+from projects.home.recap.data.reader import DataFile, FileFormat
 from projects.home.recap.data.reading import WindowReader, open_files, read_segments
 from projects.home.recap.data.sharing import DatasetError, per_rank_batch_size, share_row_groups
+from projects.home.recap.data.value_checks import ValueChecks
 from projects.home.recap.embedding.config import LargeEmbeddingsConfig
 from projects.home.recap.inputs import InputSpec, RecapBatch
 
@@ -171,16 +172,17 @@ class RecapDataset(torch.utils.data.IterableDataset):
             self.plan.reads,
             ignore_errors=config.ignore_data_errors,
         )
+        files, empty = _without_empty_files(files, rank)
         share = share_row_groups(
             files,
-            candidates=len(paths),
+            candidates=len(paths) - len(empty),
             skipped=len(self.skipped_files),
             rank=rank,
             world_size=world_size,
         )
         self._files = share.files
         self.rows_per_epoch = share.rows
-        self._fingerprint = share.fingerprint()
+        self._fingerprint = share.fingerprint(inputs_root(config))
         self._order = EpochOrder(
             share.row_groups,
             shuffle=options.shuffle,
@@ -190,11 +192,13 @@ class RecapDataset(torch.utils.data.IterableDataset):
             file_batch_size=config.file_batch_size,
             shuffle_buffer=config.examples_shuffle_buffer_size,
         )
+        self._checks = ValueChecks(self.plan)
         self._reader = WindowReader(
             share.files,
             ignore_errors=config.ignore_data_errors,
             cache=config.cache,
             row_ids=options.row_ids,
+            checks=self._checks,
         )
         self._assembler = BatchAssembler(
             self.plan,
@@ -234,6 +238,11 @@ class RecapDataset(torch.utils.data.IterableDataset):
     def skipped_row_groups(self) -> int:
         """Row groups skipped so far because they failed to decode (``ignore_data_errors``)."""
         return self._reader.skipped_row_groups
+
+    @property
+    def non_finite_rows(self) -> int:
+        """Rows read so far with NaN or inf in ``continuous`` (the model replaces them by 0)."""
+        return self._checks.non_finite_rows
 
     @property
     def batches_per_pass(self) -> int:
@@ -323,6 +332,30 @@ class RecapDataset(torch.utils.data.IterableDataset):
             # The pass is over (its last row groups unreadable): the next iteration starts the
             # next pass.
             self._epoch, self._offset = self._epoch + 1, 0
+
+
+def _without_empty_files(files: list[DataFile], rank: int) -> tuple[list[DataFile], list[str]]:
+    """The files that hold rows, and the paths of those that hold none.
+
+    A file with no rows (an hour with no traffic, a writer that stopped before its first row)
+    adds nothing to an epoch: it is left out of the sharing on every rank alike, with a
+    warning naming it. Only a dataset whose every file is empty is an error.
+
+    Raises:
+        DatasetError: naming the files, when every one is empty.
+    """
+    empty = [data_file.path for data_file in files if data_file.num_rows == 0]
+    if not empty:
+        return files, []
+    shown = ", ".join(empty[:5]) + (f" and {len(empty) - 5} more" if len(empty) > 5 else "")
+    kept = [data_file for data_file in files if data_file.num_rows > 0]
+    if not kept:
+        error = DatasetError(f"every file read has 0 rows: {shown}")
+        error.same_on_every_rank = True
+        raise error
+    if rank == 0:  # every rank opens every file: one warning is enough
+        logger.warning("skipping %d files with 0 rows: %s", len(empty), shown)
+    return kept, empty
 
 
 def build_dataset(

@@ -19,7 +19,7 @@ from projects.home.recap.data.config import (
     RecapDataConfig,
 )
 from tml.core.errors import UserInputError
-from tml.storage import is_url, list_files
+from tml.storage import as_path, is_url, list_files
 
 logger = logging.getLogger(__name__)
 
@@ -105,6 +105,30 @@ _SELECTORS: dict[str, Callable[[RecapDataConfig], list[str]]] = {
     "explicit_date_inputs": _date_files,
     "explicit_datetime_inputs": _datetime_files,
 }
+
+
+def inputs_root(config: RecapDataConfig) -> str:
+    """The folder every selected file lies under: ``data_root`` of dated folders, or the part
+    of the ``inputs`` glob before its first wildcard. Files are identified relative to it where
+    the same data may be moved (the loader's resume fingerprint)."""
+    variant = config.chosen("date_inputs_format")
+    if variant == "explicit_date_inputs":
+        assert config.explicit_date_inputs is not None
+        root = config.explicit_date_inputs.data_root
+    elif variant == "explicit_datetime_inputs":
+        assert config.explicit_datetime_inputs is not None
+        root = config.explicit_datetime_inputs.data_root
+    else:
+        assert config.inputs is not None
+        parts = config.inputs.split("/")
+        fixed = next(
+            (index for index, part in enumerate(parts) if any(c in part for c in "*?[")),
+            len(parts),
+        )
+        # A glob without wildcards names one file: its folder is the root.
+        root = "/".join(parts[: min(fixed, len(parts) - 1)])
+    # Spelled as the selected files are (a local path normalised, a URL as it is).
+    return root if is_url(root) else os.fspath(as_path(root or "."))
 
 
 def select_files(config: RecapDataConfig) -> list[str]:

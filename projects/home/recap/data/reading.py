@@ -21,6 +21,7 @@ from projects.home.recap.data.pipeline import ordered_map
 from projects.home.recap.data.reader import Arrays, DataFile, DataFileError, FeatureRead, FileFormat
 from projects.home.recap.data.schema import SegDenseSchema
 from projects.home.recap.data.sharing import DatasetError, RowGroup
+from projects.home.recap.data.value_checks import PlacedRowGroup, ValueChecks
 
 logger = logging.getLogger(__name__)
 
@@ -69,13 +70,16 @@ class WindowReader:
         ignore_errors: bool,
         cache: bool,
         row_ids: bool = False,
+        checks: ValueChecks | None = None,
     ):
         """
         Args:
             files: The share's files (``RowGroup.file`` indexes them).
-            ignore_errors: Skip (log and count) a row group that fails to decode.
+            ignore_errors: Skip (log and count) a row group that fails to decode or to pass
+                the checks.
             cache: Keep every decoded row group in memory for later epochs.
             row_ids: Add ``ROW_FILE`` and ``ROW_IN_FILE`` (int64, one value per row).
+            checks: What the values must satisfy (labels 0 or 1, ...), run on every window.
         """
         self._files = list(files)
         # First row of each row group within its file.
@@ -85,6 +89,7 @@ class WindowReader:
             else None
         )
         self._ignore_errors = ignore_errors
+        self._checks = checks
         self._cache: dict[tuple[int, int], Arrays] | None = {} if cache else None
         self._skip_lock = threading.Lock()
         self.skipped_row_groups = 0
@@ -105,19 +110,19 @@ class WindowReader:
             if key not in self._cache:
                 self._cache[key] = data_file.read(unit.row_group)
         except DataFileError as error:
-            if not self._ignore_errors:
-                raise
-            with self._skip_lock:  # reader threads count concurrently
-                self.skipped_row_groups += 1
-            logger.warning(
-                "ignore_data_errors: skipping %s (%d row groups skipped)",
-                error,
-                self.skipped_row_groups,
-            )
+            self._skip(error)
             return False
         for name, values in self._cache[key].items():
             out[name][destination] = values
         return True
+
+    def _skip(self, error: DataFileError) -> None:
+        if not self._ignore_errors:
+            raise error
+        with self._skip_lock:  # reader threads count concurrently
+            self.skipped_row_groups += 1
+            skipped = self.skipped_row_groups
+        logger.warning("ignore_data_errors: skipping %s (%d row groups skipped)", error, skipped)
 
     def read(self, window: Window, permutation: np.ndarray | None) -> Arrays:
         """The window's rows, row ``i`` at ``permutation[i]`` (in order when None); rows of a
@@ -128,6 +133,7 @@ class WindowReader:
             out[ROW_FILE] = np.empty(rows, dtype=np.int64)
             out[ROW_IN_FILE] = np.empty(rows, dtype=np.int64)
         missing = None
+        placed: list[PlacedRowGroup] = []
         start = 0
         for unit in window.row_groups:
             stop = start + unit.rows
@@ -135,11 +141,19 @@ class WindowReader:
             if not self._read_into(unit, out, where):
                 missing = np.zeros(rows, dtype=bool) if missing is None else missing
                 missing[where] = True
-            elif self._first_rows is not None:
-                out[ROW_FILE][where] = unit.file
-                first = self._first_rows[unit.file][unit.row_group]
-                out[ROW_IN_FILE][where] = np.arange(first, first + unit.rows)
+            else:
+                placed.append(PlacedRowGroup(self._files[unit.file], unit.row_group, where))
+                if self._first_rows is not None:
+                    out[ROW_FILE][where] = unit.file
+                    first = self._first_rows[unit.file][unit.row_group]
+                    out[ROW_IN_FILE][where] = np.arange(first, first + unit.rows)
             start = stop
+        if self._checks is not None and placed:
+            problems = self._checks(out, placed, None if missing is None else ~missing)
+            for index, message in problems.items():
+                self._skip(DataFileError(message))
+                missing = np.zeros(rows, dtype=bool) if missing is None else missing
+                missing[placed[index].rows] = True
         if missing is not None:
             out = {name: values[~missing] for name, values in out.items()}
         return out

@@ -47,12 +47,19 @@ class Share:
         """Rows in one pass over the share."""
         return sum(row_group.rows for row_group in self.row_groups)
 
-    def fingerprint(self) -> str:
+    def fingerprint(self, root: str) -> str:
         """Names exactly these row groups: a saved position resumes only the share it was saved
-        in (other files, or another split among ranks, would make it point elsewhere)."""
+        in (other files, or another split among ranks, would make it point elsewhere).
+
+        Files are named relative to ``root`` (the folder of the inputs), so the same files
+        moved to another folder or bucket prefix still resume exactly.
+        """
+        prefix = root.rstrip("/") + "/"
         digest = hashlib.sha256()
         for unit in self.row_groups:
-            digest.update(f"{self.files[unit.file].path}:{unit.row_group}:{unit.rows};".encode())
+            path = self.files[unit.file].path
+            name = path[len(prefix) :] if path.startswith(prefix) else path
+            digest.update(f"{name}:{unit.row_group}:{unit.rows};".encode())
         return digest.hexdigest()[:16]
 
 

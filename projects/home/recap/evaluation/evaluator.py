@@ -122,6 +122,10 @@ class Evaluation:
     def close(self) -> None:
         self.loggers.close()
 
+    def discard_after(self, step: int) -> None:
+        """Forgets the results logged after ``step``, which a resumed job evaluates again."""
+        self.loggers.discard_after(step)
+
     def __call__(self, model: torch.nn.Module, step: int) -> dict[str, dict[str, float]]:
         results = {}
         for partition in self.partitions:

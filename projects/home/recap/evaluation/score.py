@@ -51,9 +51,10 @@ def score(config: RecapConfig, folder: Path) -> dict[str, float]:
     """The evaluation metrics of every row of the predictions in ``folder``.
 
     Raises:
-        UserInputError: no predictions files, or a column the metrics need is missing.
+        UserInputError: no predictions files, the inference that wrote them did not finish,
+            or a column the metrics need is missing.
     """
-    files = JobFolder.predictions_files(folder)
+    files = JobFolder.complete_predictions_files(folder)
     if not files:
         raise UserInputError(f"no predictions files (predictions-*-of-*.parquet) in {folder}")
     tasks = list(config.model.tasks)

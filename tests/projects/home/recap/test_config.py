@@ -182,6 +182,11 @@ MISTAKES = [
         id="passthrough named like a predictions column",
     ),
     pytest.param(
+        ["training.save_dir="],
+        "training.save_dir: is empty; name a folder or an object-store URL for the job's files",
+        id="empty save_dir",
+    ),
+    pytest.param(
         ["inference.passthrough_features=[meta.user_id, meta.user_id]"],
         "inference.passthrough_features: features named twice: ['meta.user_id']",
         id="passthrough twice",

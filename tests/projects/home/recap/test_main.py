@@ -138,6 +138,9 @@ def test_inference_writes_every_input_row_exactly_once(job):
         folder.predictions_dir(checkpoint_folder(folder.checkpoints, 6))
     )
     assert [f.name for f in files] == ["predictions-0-of-2.parquet", "predictions-1-of-2.parquet"]
+    marker = json.loads(folder.predictions_marker(files[0].parent).read_text())
+    assert marker["rows"] == 300 and marker["files"] == 2
+    assert not folder.partial_predictions_files(files[0].parent)
     predicted = pq.read_table(files)
     sources = sorted((job / "data" / "validation").glob("*.parquet"))
     assert predicted.num_rows == 300

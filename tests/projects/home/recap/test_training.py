@@ -6,6 +6,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from projects.home.recap.job_folder import JobFolder
+from projects.home.recap.train import hold_save_dir
 from tests.helpers.multiprocess import run_on_ranks
 from tests.projects.home.recap.distributed_jobs import (
     TASKS,
@@ -16,6 +18,8 @@ from tests.projects.home.recap.distributed_jobs import (
     train_job_statistics,
     train_job_stopped_and_resumed,
 )
+from tml.core.errors import UserInputError
+from tml.storage.lock import FolderLock
 
 pytestmark = pytest.mark.slow
 
@@ -167,6 +171,10 @@ def test_stop_and_resume_equals_straight_through(tmp_path, initial_weights):
     torn = tmp_path / "stopped" / "checkpoints" / "step_7"
     torn.mkdir()
     (torn / "__0_0.distcp").write_bytes(b"half a write")
+    # As a job killed at step 8 leaves its log: steps past its newest checkpoint, the last
+    # record cut short. The resumed job trains them again and logs each step once.
+    with (tmp_path / "stopped" / "train.jsonl").open("a") as log:
+        log.write('{"step": 7, "loss": 1.0}\n{"step": 8, "loss": 1.0}\n{"step": 9, "lo')
     once = tiny_config(tmp_path / "stopped", start, *length, "training.num_train_steps=8")
     assert run_on_ranks(train_job, 2, once, workdir=tmp_path) == [8, 8]
     assert not torn.exists()
@@ -268,3 +276,15 @@ def test_a_failure_inside_the_trainer_finishes_its_checkpoint_and_closes_its_log
     config = tiny_config(tmp_path / "failing")
     [found] = run_on_ranks(fail_while_checkpointing, 1, config, workdir=tmp_path)
     assert found == {"complete": True, "loggers_open": False}
+
+
+def test_a_second_job_on_a_save_dir_in_use_stops_with_one_line(tmp_path, single_process_group):
+    job = JobFolder(tmp_path / "model")
+    with FolderLock(job.lock_file, owner="training.save_dir"):
+        with pytest.raises(UserInputError) as error, hold_save_dir(job, single_process_group):
+            pass
+        assert error.value.same_on_every_rank
+        assert str(error.value).startswith(f"training.save_dir: {job.root} is in use by another")
+    with hold_save_dir(job, single_process_group):
+        assert job.lock_file.is_file()
+    assert not job.lock_file.exists()

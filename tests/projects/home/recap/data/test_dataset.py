@@ -1,5 +1,6 @@
 import itertools
 import os
+import re
 
 import numpy as np
 import pyarrow as pa
@@ -11,7 +12,7 @@ from projects.home.recap.data.dataset import DatasetError, ReadOptions, build_da
 from projects.home.recap.data.embedding_ids import hash_ids
 from projects.home.recap.data.features import build_input_spec
 from projects.home.recap.data.files import FileSelectionError
-from projects.home.recap.data.parquet_format import SegDenseWriter
+from projects.home.recap.data.parquet_format import SegDenseWriter, WriteOptions
 from projects.home.recap.data.reader import DataFileError
 from projects.home.recap.data.reading import ROW_FILE, ROW_IN_FILE
 from projects.home.recap.data.schema import load_schema
@@ -234,6 +235,21 @@ def test_resume_continues_with_the_next_unseen_batch(write_files, make_config, c
     assert [ids_of(batch) for batch in take(resumed, 14 - consumed)] == reference[consumed:]
 
 
+def test_a_moved_data_folder_still_resumes_exactly(tmp_path, write_files, make_config):
+    write_files([10, 7], row_group_size=3)
+    config = make_config()
+    reference = [
+        ids_of(batch) for batch in take(build_dataset(config, options=TRAIN, tasks=TASKS), 6)
+    ]
+    first = build_dataset(config, options=TRAIN, tasks=TASKS)
+    take(first, 2)
+    (tmp_path / "data").rename(tmp_path / "moved")
+    moved = make_config(inputs=str(tmp_path / "moved" / "*.parquet"))
+    resumed = build_dataset(moved, options=TRAIN, tasks=TASKS)
+    resumed.load_state_dict(first.state_dict())
+    assert [ids_of(batch) for batch in take(resumed, 4)] == reference[2:6]
+
+
 def test_state_recorded_before_read_ahead_batches_resumes_before_them(write_files, make_config):
     # A train pipeline holds batches it has not trained on yet; the trainer's position tracker
     # records the state as each batch leaves the loader, so a checkpoint resumes before them.
@@ -401,16 +417,67 @@ def test_downsample_and_rectify_in_the_loader(write_files, make_config):
     assert second.labels[:, 1].tolist() == [0.0, 0.0, 0.0, 0.0]
 
 
-def test_nan_and_inf_pass_through_the_loader(tmp_path, make_config, schema_path):
-    (tmp_path / "data").mkdir()
-    values = rows_for(np.arange(4))
+def write_rows(tmp_path, schema_path, values, name="x.parquet", row_group_size=4) -> str:
+    (tmp_path / "data").mkdir(exist_ok=True)
+    path = str(tmp_path / "data" / name)
+    options = WriteOptions(row_group_size=row_group_size)
+    with SegDenseWriter(path, load_schema(schema_path), options) as writer:
+        writer.write(values)
+    return path
+
+
+def test_nan_and_inf_in_continuous_are_counted_logged_and_passed_on(
+    tmp_path, make_config, schema_path, caplog
+):
+    values = rows_for(np.arange(8))
     values["cont"][1, 2] = np.nan
     values["cont"][2, 3] = np.inf
-    with SegDenseWriter(str(tmp_path / "data" / "x.parquet"), load_schema(schema_path)) as writer:
-        writer.write(values)
-    batch = next(iter(build_dataset(make_config(), options=INFERENCE, tasks=TASKS)))
-    assert torch.isnan(batch.inputs.continuous_features[1, 2]) and torch.isinf(
-        batch.inputs.continuous_features[2, 3]
+    values["cont"][6, 0] = -np.inf
+    path = write_rows(tmp_path, schema_path, values)
+    dataset = build_dataset(make_config(), options=INFERENCE, tasks=TASKS)
+    continuous = torch.cat([batch.inputs.continuous_features for batch in dataset])
+    assert torch.isnan(continuous[1, 2]) and torch.isinf(continuous[2, 3])
+    assert dataset.non_finite_rows == 3
+    # Once per file (for whichever of its row groups is read first).
+    assert caplog.text.count("hold NaN or inf") == 1
+    assert re.search(
+        rf"{re.escape(path)}: column 'cont': [12] rows of row group [01] hold NaN or inf, which "
+        r"the model replaces by 0",
+        caplog.text,
+    )
+
+
+@pytest.mark.parametrize("label", [2, -1, 1_000_000])
+def test_a_label_other_than_0_or_1_names_the_file_column_and_row(
+    tmp_path, make_config, schema_path, label
+):
+    values = rows_for(np.arange(8))
+    values["label.a"][5, 0] = label
+    path = write_rows(tmp_path, schema_path, values)
+    dataset = build_dataset(make_config(), options=TRAIN, tasks=TASKS)
+    with pytest.raises(DataFileError) as error:
+        take(dataset, 4)
+    assert str(error.value) == (
+        f"{path}: column 'label.a': 1 rows of row group 1 hold a label other than 0 or 1, the "
+        f"first at row 5 of the file ({label})"
+    )
+    # Skipped with ignore_data_errors, as a row group that does not decode.
+    dataset = build_dataset(make_config(ignore_data_errors=True), options=EVALUATE, tasks=TASKS)
+    assert sorted(itertools.chain.from_iterable(map(ids_of, dataset))) == [0, 1, 2, 3]
+    assert dataset.skipped_row_groups == 1
+
+
+def test_nan_in_an_input_nothing_cleans_names_the_file_and_column(
+    tmp_path, make_config, schema_path
+):
+    values = rows_for(np.arange(4))
+    values["user.emb"][3, 1] = np.nan
+    path = write_rows(tmp_path, schema_path, values)
+    with pytest.raises(DataFileError) as error:
+        list(build_dataset(make_config(), options=EVALUATE, tasks=TASKS))
+    assert str(error.value) == (
+        f"{path}: column 'user.emb': 1 rows of row group 0 hold NaN or inf, which nothing in "
+        "the model cleans, the first at row 3 of the file"
     )
 
 
@@ -490,3 +557,20 @@ def test_input_spec_comes_from_the_plan_without_reading_the_schema_again(
 def test_weighing_by_sampling_rates_needs_labels():
     with pytest.raises(ValueError, match="weigh_by_sampling_rates needs with_labels"):
         ReadOptions(shuffle=False, repeat=False, with_labels=False, weigh_by_sampling_rates=True)
+
+
+def test_a_file_with_0_rows_is_skipped_naming_it(write_files, make_config, tmp_path, caplog):
+    paths = write_files([5, 6, 0])
+    # Two ranks, two files with rows: each rank gets one, as without the empty file.
+    shares = [
+        build_dataset(make_config(), options=EVALUATE, tasks=TASKS, rank=rank, world_size=2)
+        for rank in range(2)
+    ]
+    assert f"skipping 1 files with 0 rows: {paths[2]}" in caplog.text
+    ids = [sorted(itertools.chain.from_iterable(map(ids_of, share))) for share in shares]
+    assert sorted(ids) == [list(range(5)), list(range(5, 11))]
+    for path in paths[:2]:
+        os.remove(path)
+    with pytest.raises(DatasetError) as error:
+        build_dataset(make_config(), options=TRAIN, tasks=TASKS)
+    assert str(error.value) == f"every file read has 0 rows: {paths[2]}"
