@@ -15,7 +15,6 @@ from projects.home.recap.build import model_input_spec
 from projects.home.recap.config import RecapConfig
 from projects.home.recap.model.model_and_loss import build_model_and_loss
 from projects.home.recap.sharding import (
-    RESERVED_MEMORY,
     TablePlanner,
     attach_table_optimizer,
     build_topology,
@@ -23,6 +22,7 @@ from projects.home.recap.sharding import (
 )
 from tml.core.config import load_config_from_yaml
 from tml.distributed import DistributedEnvironment, init_distributed, shutdown_distributed
+from tml.sharding.planner import RESERVED_MEMORY
 
 pytestmark = pytest.mark.gpu
 
