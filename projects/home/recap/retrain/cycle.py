@@ -415,7 +415,8 @@ def prepare(request: CycleRequest) -> tuple[DataWindow, str]:
         where = ".".join(str(part) for part in error.path)
         raise UserInputError(f"{where}: {error}") from None
     window = resolve_window(config, request.retraining, request.end)
-    probe = training_config(config, window, "", None)
+    # The id must not depend on where the cycle saves its job: a fixed stand-in for save_dir.
+    probe = training_config(config, window, "<cycle job>", None)
     return window, cycle_id(probe, window, request.warm_start)
 
 
