@@ -60,6 +60,10 @@ class LinkPredictionEvaluation:
         self.loggers.log(step, metrics)
         return metrics
 
+    def discard_after(self, step: int) -> None:
+        """Forgets the results logged after ``step``, which a resumed job evaluates again."""
+        self.loggers.discard_after(step)
+
     @torch.no_grad()
     def evaluate(self, model: torch.nn.Module) -> dict[str, float]:
         """The metrics of one pass (``num_steps`` batches) over the validation edges."""
