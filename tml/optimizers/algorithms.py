@@ -8,9 +8,7 @@ from collections.abc import Iterable
 from typing import Any
 
 import torch
-import torchrec.optim as torchrec_optim
 
-from tml.core.errors import UserInputError
 from tml.optimizers.config import (
     AdagradConfig,
     AdamConfig,
@@ -18,11 +16,18 @@ from tml.optimizers.config import (
     OptimizerConfig,
     SgdConfig,
 )
+from tml.optimizers.fused import FusedOptimizerError, FusedSettings, fused_optimizer
 from tml.optimizers.schedules import Schedule, build_schedule
 
+__all__ = [
+    "FusedOptimizerError",
+    "build_dense_optimizer",
+    "build_learning_rate_schedule",
+    "fused_optimizer_arguments",
+]
 
-class FusedOptimizerError(UserInputError):
-    """A table's optimizer has no fused kernel on this device."""
+# The algorithms this config format offers, by their field (and fused algorithm) names.
+_CHOICES = ("sgd", "adam", "adagrad")
 
 
 def _algorithm(config: OptimizerConfig) -> SgdConfig | AdamConfig | AdagradConfig:
@@ -55,36 +60,24 @@ def fused_optimizer_arguments(
     config: OptimizerConfig, device_type: str, *, where: str
 ) -> tuple[type[torch.optim.Optimizer], dict[str, Any]]:
     """The class and keyword arguments that give embedding tables this optimizer inside the
-    backward pass (``torchrec.optim.apply_optimizer_in_backward``), as FBGEMM's kernels take them.
+    backward pass (``torchrec.optim.apply_optimizer_in_backward``), as fbgemm's kernels take
+    them: this config format's entry to :func:`tml.optimizers.fused.fused_optimizer`.
 
     Args:
         config: The tables' optimizer.
-        device_type: "cuda" or "cpu": FBGEMM's CPU kernels have no Adam.
+        device_type: "cuda" or "cpu": fbgemm's CPU kernels have no Adam.
         where: The config path of the tables, for messages.
 
     Raises:
-        FusedOptimizerError: an algorithm or setting FBGEMM has no kernel for here.
+        FusedOptimizerError: an algorithm or setting fbgemm has no kernel for here.
     """
+    name = config.chosen("optimizer")
+    assert name is not None, "OptimizerConfig validation guarantees one algorithm"
     algorithm = _algorithm(config)
     if isinstance(algorithm, SgdConfig):
-        if algorithm.momentum:
-            raise FusedOptimizerError(
-                f"{where}: sgd.momentum {algorithm.momentum}: FBGEMM's fused embedding SGD has "
-                "no momentum; use momentum 0, or adagrad"
-            )
-        return torch.optim.SGD, {"lr": algorithm.lr}
-    if isinstance(algorithm, AdagradConfig):
-        return torch.optim.Adagrad, {"lr": algorithm.lr, "eps": algorithm.eps}
-    if device_type != "cuda":
-        raise FusedOptimizerError(
-            f"{where}: FBGEMM has no fused Adam for embedding tables on CPU; use sgd or adagrad "
-            "here, or train on GPUs"
-        )
-    # torchrec's Adam accepts FBGEMM's own argument names (beta1, beta2), which its kernel reads.
-    beta_1, beta_2 = algorithm.betas
-    return torchrec_optim.Adam, {
-        "lr": algorithm.lr,
-        "eps": algorithm.eps,
-        "beta1": beta_1,
-        "beta2": beta_2,
-    }
+        settings = FusedSettings(lr=algorithm.lr, momentum=algorithm.momentum)
+    elif isinstance(algorithm, AdagradConfig):
+        settings = FusedSettings(lr=algorithm.lr, eps=algorithm.eps)
+    else:
+        settings = FusedSettings(lr=algorithm.lr, eps=algorithm.eps, betas=algorithm.betas)
+    return fused_optimizer(name, settings, device_type, where=where, choices=_CHOICES)

@@ -15,7 +15,7 @@ from tml.storage.filesystems import (
     storage_errors,
     storage_options,
 )
-from tml.storage.lease import Holder, Lease, LeaseHeldError, LeaseLostError
+from tml.storage.lock import Lock, LockHeldError, LockHolder, LockLostError
 from tml.storage.paths import (
     AnyPath,
     RemotePath,
@@ -29,10 +29,10 @@ from tml.storage.paths import (
 
 __all__ = [
     "AnyPath",
-    "Holder",
-    "Lease",
-    "LeaseHeldError",
-    "LeaseLostError",
+    "Lock",
+    "LockHeldError",
+    "LockHolder",
+    "LockLostError",
     "RemotePath",
     "StorageError",
     "as_path",

@@ -32,7 +32,7 @@ from projects.home.recap.optimizer.optimizer import build_optimizer
 from tml.checkpoint import CheckpointManager
 from tml.core.errors import UserInputError
 from tml.distributed import DistributedEnvironment
-from tml.storage.lock import FolderLock
+from tml.storage.lock import Lock
 from tml.training.data_position import StatefulBatches
 from tml.training.preemption import StopRequest
 from tml.training.trainer import LoopSettings, Trainer
@@ -146,6 +146,18 @@ def table_norms(
     return norms
 
 
+def save_dir_lock(job: JobFolder) -> Lock:
+    """The lock of a training job's save_dir (``job.lock``), not yet acquired: held by rank 0
+    of one launch, and taken over from an earlier round of the same torchrun launch (a
+    restart may move rank 0 to another node before the old one's heartbeat is stale)."""
+    return Lock(
+        job.lock_file,
+        owner="training.save_dir",
+        advice="give this job another folder, or stop that one",
+        same_run_is_restart=True,
+    )
+
+
 @contextlib.contextmanager
 def hold_save_dir(job: JobFolder, environment: DistributedEnvironment) -> Iterator[None]:
     """Rank 0 holds the job folder's lock while the job trains; every rank fails with the
@@ -154,7 +166,7 @@ def hold_save_dir(job: JobFolder, environment: DistributedEnvironment) -> Iterat
     Taken before anything is written there: the checkpoint manager removes incomplete
     checkpoint folders at start, which would be another job's checkpoint being written.
     """
-    lock = FolderLock(job.lock_file, owner="training.save_dir") if environment.is_main else None
+    lock = save_dir_lock(job) if environment.is_main else None
     problem = None
     if lock is not None:
         try:

@@ -117,9 +117,9 @@ class RetrainingConfig(BaseConfig):
     launch: LaunchConfig = Field(LaunchConfig(), description="How training is launched.")
     lock_lease_s: pydantic.PositiveFloat = Field(
         120.0,
-        description="On an object store, how long the registry lock outlives a cycle that died "
-        "on another host (renewed every third of it while the cycle runs); a local registry's "
-        "lock ends with its process.",
+        description="How long the registry lock outlives a cycle that died on another host or "
+        "stalled (renewed every third of it while the cycle runs); a holder on this host whose "
+        "process is gone is taken over at once.",
     )
 
     @pydantic.field_validator("evaluation_batches")

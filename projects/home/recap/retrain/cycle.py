@@ -60,7 +60,7 @@ from tml.checkpoint import CheckpointNotFoundError, checkpoint_folder, complete_
 from tml.core.config import ConfigValueError, validate_config
 from tml.core.errors import UserInputError
 from tml.observability.metric_json import metrics_from_json, metrics_to_json
-from tml.storage import Lease, as_path
+from tml.storage import Lock, as_path
 
 logger = logging.getLogger(__name__)
 
@@ -155,7 +155,7 @@ class Cycle:
         request: CycleRequest,
         window: DataWindow,
         cycle: str,
-        lease: Lease,
+        lease: Lock,
         children: Children,
         work: Path,
     ) -> None:
@@ -433,14 +433,14 @@ def run_cycle(
         prepared: :func:`prepare`'s answer, when the caller already has it.
 
     Raises:
-        NoNewDataError, UserInputError, LeaseHeldError, ChildFailedError, LeaseLostError.
+        NoNewDataError, UserInputError, LockHeldError, ChildFailedError, LockLostError.
     """
     window, cycle = prepared or prepare(request)
     registry = request.registry
     done = _finished(registry, cycle, request)
     if done is not None:
         return done
-    lease = registry.lease(duration_s=request.retraining.lock_lease_s)
+    lease = registry.lock(lease_s=request.retraining.lock_lease_s)
     with lease, tempfile.TemporaryDirectory(prefix="tml-retrain-") as work:
         # Another process may have finished it while this one waited for the lock.
         done = _finished(registry, cycle, request)

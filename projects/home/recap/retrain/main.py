@@ -49,7 +49,7 @@ from tml.core.cli import add_config_arguments
 from tml.core.config import load_config_from_yaml
 from tml.core.errors import UserInputError
 from tml.observability.logging import setup_logging
-from tml.storage import LeaseHeldError, LeaseLostError, as_path, write_atomically
+from tml.storage import LockHeldError, LockLostError, as_path, write_atomically
 
 logger = logging.getLogger(__name__)
 
@@ -106,13 +106,13 @@ def main(argv: list[str] | None = None) -> int:
         result = run_cycle(request, children, prepared)
     except NoNewDataError as error:
         result = CycleResult(Outcome.NO_NEW_DATA, None, f"no new data: {error}")
-    except LeaseHeldError as error:
+    except LockHeldError as error:
         print(f"error: another cycle is running: {error}", file=sys.stderr)
         return ExitCode.LOCKED
     except UserInputError as error:
         print(f"error: {error}", file=sys.stderr)
         return ExitCode.USER_ERROR
-    except (ChildFailedError, LeaseLostError, StopRequestedError) as error:
+    except (ChildFailedError, LockLostError, StopRequestedError) as error:
         reason = f"stopped by {error}" if isinstance(error, StopRequestedError) else str(error)
         summary = f"failed: cycle {cycle}: {reason}; run again to resume"
         result = CycleResult(Outcome.FAILED, cycle, summary)

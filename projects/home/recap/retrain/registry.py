@@ -6,7 +6,7 @@ Layout::
     <registry>/
       PROMOTED                      the pointer (JSON): cycle, window, checkpoint, export, when,
                                     why, and the earlier promotions, newest first (rollback)
-      LOCK                          the lease of the cycle or command changing the registry
+      LOCK                          the lock of the cycle or command changing the registry
       cycles/<cycle id>/
         cycle.json                  the entry: window, warm start, phase, metrics of candidate
                                     and promoted model, the gate's verdict, checkpoint, export
@@ -44,7 +44,7 @@ from projects.home.recap.retrain.outcome import ExitCode
 from tml.core.cli import exit_status
 from tml.core.errors import UserInputError
 from tml.observability.logging import setup_logging
-from tml.storage import AnyPath, Lease, LeaseHeldError, RemotePath, as_path, write_atomically
+from tml.storage import AnyPath, Lock, LockHeldError, RemotePath, as_path, write_atomically
 
 # Entry phases, in order; a cycle records each once it is done with it.
 PLANNED = "planned"
@@ -189,9 +189,24 @@ class Registry:
 
     # The lock ---------------------------------------------------------------------------------
 
-    def lease(self, duration_s: float = 120.0, wait_s: float = 0.0) -> Lease:
-        """The registry's lock (see :class:`tml.storage.Lease`), not yet acquired."""
-        return Lease(self.lock_path, duration_s=duration_s, wait_s=wait_s)
+    def lock(self, lease_s: float = 120.0, wait_s: float = 0.0) -> Lock:
+        """The registry's lock (see :class:`tml.storage.Lock`), not yet acquired.
+
+        Args:
+            lease_s: How long the lock outlives a holder that stopped renewing it (renewed
+                every third of that).
+            wait_s: How long acquiring waits for another holder to let go.
+        """
+        return Lock(
+            self.lock_path,
+            owner="retraining registry",
+            heartbeat_s=lease_s / 3,
+            stale_after_s=lease_s,
+            wait_s=wait_s,
+            advice="retry once that cycle or registry command has ended",
+            # Two cycles starting together must not both promote: no best-effort locks here.
+            conditional_writes_required=True,
+        )
 
     @property
     def lock_path(self) -> AnyPath:
@@ -298,7 +313,7 @@ def main(argv: list[str] | None = None) -> int:
             shown = registry.require_entry(args.cycle) if args.cycle else registry.promoted()
             print(json.dumps(shown, indent=1))
         else:
-            with registry.lease(wait_s=args.wait_s):
+            with registry.lock(wait_s=args.wait_s):
                 if args.command == "promote":
                     entry = registry.require_entry(args.cycle)
                     if entry.get("phase") not in (*FINISHED, EXPORTED):
@@ -312,12 +327,12 @@ def main(argv: list[str] | None = None) -> int:
                     pointer = registry.rollback()
             print(f"promoted: {pointer['cycle']} ({pointer['reason']}); export {pointer['export']}")
 
-    held: list[LeaseHeldError] = []
+    held: list[LockHeldError] = []
 
     def guarded() -> None:
         try:
             command()
-        except LeaseHeldError as error:  # not a mistake of the user: a later try may work
+        except LockHeldError as error:  # not a mistake of the user: a later try may work
             held.append(error)
 
     status = exit_status(guarded)

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from projects.home.recap.job_folder import JobFolder
-from projects.home.recap.train import hold_save_dir
+from projects.home.recap.train import hold_save_dir, save_dir_lock
 from tests.helpers.multiprocess import run_on_ranks
 from tests.projects.home.recap.distributed_jobs import (
     TASKS,
@@ -19,7 +19,6 @@ from tests.projects.home.recap.distributed_jobs import (
     train_job_stopped_and_resumed,
 )
 from tml.core.errors import UserInputError
-from tml.storage.lock import FolderLock
 
 pytestmark = pytest.mark.slow
 
@@ -280,7 +279,7 @@ def test_a_failure_inside_the_trainer_finishes_its_checkpoint_and_closes_its_log
 
 def test_a_second_job_on_a_save_dir_in_use_stops_with_one_line(tmp_path, single_process_group):
     job = JobFolder(tmp_path / "model")
-    with FolderLock(job.lock_file, owner="training.save_dir"):
+    with save_dir_lock(job):
         with pytest.raises(UserInputError) as error, hold_save_dir(job, single_process_group):
             pass
         assert error.value.same_on_every_rank

@@ -13,12 +13,12 @@ from fbgemm_gpu.split_table_batched_embeddings_ops_training import (
 
 from projects.home.recap.embedding.config import LargeEmbeddingsConfig
 from projects.home.recap.optimizer.table_optimizers import (
-    TableOptimizerError,
     attach_table_optimizers,
     check_table_optimizers,
     replicated_optimizer,
 )
 from tml.core.config import ConfigError, validate_config
+from tml.optimizers.fused import FusedOptimizerError
 
 
 def tables(default: dict | None = None, **own: dict) -> LargeEmbeddingsConfig:
@@ -63,7 +63,7 @@ def test_two_algorithms_are_rejected_at_load():
 def test_adam_needs_a_gpu_and_the_error_names_the_table_and_device(algorithm):
     config = tables(author={"init_learning_rate": 0.001, algorithm: {}})
     with pytest.raises(
-        TableOptimizerError,
+        FusedOptimizerError,
         match=rf"table author: optimizer {algorithm} has no cpu kernel in fbgemm-gpu .*"
         r"choose one of \['sgd', 'rowwise_adagrad'\]",
     ):
@@ -73,7 +73,7 @@ def test_adam_needs_a_gpu_and_the_error_names_the_table_and_device(algorithm):
 
 def test_weight_decay_the_cpu_kernel_ignores_is_rejected_on_cpu():
     config = tables(user={"init_learning_rate": 0.1, "rowwise_adagrad": {"weight_decay": 0.01}})
-    with pytest.raises(TableOptimizerError, match=r"table user: rowwise_adagrad\.weight_decay is"):
+    with pytest.raises(FusedOptimizerError, match=r"table user: rowwise_adagrad\.weight_decay is"):
         check_table_optimizers(config, "cpu")
     check_table_optimizers(config, "cuda")
 
@@ -81,7 +81,7 @@ def test_weight_decay_the_cpu_kernel_ignores_is_rejected_on_cpu():
 def test_a_replicated_table_needs_an_optimizer_with_a_dense_counterpart():
     config = tables(user={"init_learning_rate": 0.001, "adam": {}})
     with pytest.raises(
-        TableOptimizerError, match=r"table user: optimizer adam runs only on a fused"
+        FusedOptimizerError, match=r"table user: optimizer adam runs only on a fused"
     ):
         check_table_optimizers(config, "cuda", replicated=["user"])
     check_table_optimizers(tables(), "cpu", replicated=["user", "author"])

@@ -46,7 +46,7 @@ from projects.home.recap.retrain.registry import main as registry_command
 from projects.home.recap.tools.generate_random_data import config_split_points, generate_dataset
 from tests.projects.home.recap.launched_jobs import descendants
 from tml.core.config import load_config_from_yaml
-from tml.storage import Holder, as_path
+from tml.storage import LockHolder, as_path
 
 pytestmark = pytest.mark.slow
 
@@ -106,7 +106,7 @@ def request(
 def run_steps(cycle_request: CycleRequest, *steps: str) -> None:
     """Runs some phases of a cycle and stops, as a cycle killed right after them would."""
     window, cycle = prepare(cycle_request)
-    lease = cycle_request.registry.lease()
+    lease = cycle_request.registry.lock()
     with lease, tempfile.TemporaryDirectory() as work:
         phases = Cycle(cycle_request, window, cycle, lease, Children(), Path(work))
         for step in steps:
@@ -189,7 +189,7 @@ def bucket(run_dir, s3_server) -> dict[str, object]:
         found["killed"] = {
             "phase": registry.require_entry(cycle)["phase"],
             "steps": sorted(path.name for path in (job / "checkpoints").iterdir()),
-            "lock": Holder.from_json(registry.lock_path.read_text()),
+            "lock": LockHolder.from_json(registry.lock_path.read_text()),
             "pid": process.pid,
         }
         # Run again, stopping after each phase in turn, then to the end through the command.
@@ -265,7 +265,7 @@ def test_the_command_is_idempotent_and_its_exit_codes_say_what_happened(run_dir,
         assert retrain(worse) == ExitCode.NO_NEW_DATA  # the newest day is done
         assert retrain([*command, "--end_date", "2026/12/05"]) == ExitCode.NO_NEW_DATA
         assert "2026/12/05 is not a folder with data yet" in capsys.readouterr().out
-        with registry.lease():
+        with registry.lock():
             assert retrain([*command, "--end_date", WORSE_DAY]) == ExitCode.LOCKED
         assert retrain([*command, "retraining.gate.per_task.max_drop=-1"]) == ExitCode.USER_ERROR
         errors = capsys.readouterr().err.splitlines()

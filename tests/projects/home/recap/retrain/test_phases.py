@@ -41,7 +41,7 @@ def planned(registry: Registry, warm_start: str, tmp_path: Path) -> tuple[dict, 
     config = load_config_from_yaml(RecapConfig, CONFIG)
     request = CycleRequest(config, registry, None, warm_start)
     window, cycle = prepare(request)
-    with registry.lease() as lease:
+    with registry.lock() as lease:
         phases = Cycle(request, window, cycle, lease, Children(), tmp_path)
         phases.plan()
     return registry.require_entry(cycle), load_recorded_config(registry, cycle)
@@ -84,7 +84,7 @@ def test_a_pointer_moved_by_hand_makes_the_cycle_compare_again(registry, tmp_pat
     config = load_config_from_yaml(RecapConfig, CONFIG)
     request = CycleRequest(config, registry, None)
     window, cycle = prepare(request)
-    with registry.lease() as lease:
+    with registry.lock() as lease:
         phases = Cycle(request, window, cycle, lease, Children(), tmp_path)
         phases.plan()
         phases.entry.update(

@@ -96,8 +96,8 @@ def test_command_mistakes_are_one_line_and_a_held_lock_exits_75(registry, capsys
     assert main(["--registry", root, "promote", "c99"]) == ExitCode.USER_ERROR
     assert capsys.readouterr().err.strip().endswith("no cycle 'c99'")
     assert main(["--registry", root, "rollback"]) == ExitCode.USER_ERROR
-    with registry.lease():
+    with registry.lock():
         assert main(["--registry", root, "promote", "c01"]) == ExitCode.LOCKED
     error = capsys.readouterr().err.strip()
-    assert error.startswith("error: ") and "LOCK is held by pid" in error
+    assert error.startswith("error: ") and "is in use by another job (process" in error
     assert registry.promoted() is None
