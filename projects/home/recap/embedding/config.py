@@ -13,7 +13,7 @@ from tml.core.config import BaseConfig, ConfigValueError, Field
 from tml.optimizers.config import LearningRate
 
 
-class SgdConfig(BaseConfig):
+class ExactSgdConfig(BaseConfig):
     """Exact SGD: each row looked up moves by ``-learning_rate * gradient`` (no state)."""
 
 
@@ -62,7 +62,7 @@ class EmbeddingOptimizerConfig(BaseConfig):
     init_learning_rate: pydantic.NonNegativeFloat = Field(
         description="Learning rate the fused optimizer is built with (step 0)."
     )
-    sgd: SgdConfig | None = Field(
+    sgd: ExactSgdConfig | None = Field(
         None,
         description="Exact SGD (the default when no algorithm is set).",
         at_most_one_of="algorithm",
