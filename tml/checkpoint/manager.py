@@ -251,6 +251,14 @@ class CheckpointManager:
             raise CheckpointNotFoundError(f"no complete checkpoint in {self.directory}")
         return load_checkpoint(checkpoint_folder(self.directory, step), state, self._rank)
 
+    def rank_states(self, step: int) -> list[dict[str, Any]]:
+        """Every rank's ``rank_state`` saved in a checkpoint, in rank order.
+
+        A job resumed on another number of ranks needs them all: e.g. the data positions of
+        the old ranks, to skip what they read together and share out the rest.
+        """
+        return load_rank_states(checkpoint_folder(self.directory, step))
+
     def close(self) -> None:
         """Finishes any background write."""
         self.wait()
@@ -336,6 +344,16 @@ def load_checkpoint(
     _copy_leaves(loadable, state)
     rank_file = folder / f"rank_{rank}.json"
     return json.loads(rank_file.read_text()) if rank_file.is_file() else None
+
+
+def load_rank_states(folder: PathLike) -> list[dict[str, Any]]:
+    """The ``rank_<r>.json`` states of a checkpoint folder for r = 0, 1, ... (up to the first
+    rank without one: ranks write them all before the folder is marked complete)."""
+    folder = as_path(folder)
+    states: list[dict[str, Any]] = []
+    while (rank_file := folder / f"rank_{len(states)}.json").is_file():
+        states.append(json.loads(rank_file.read_text()))
+    return states
 
 
 def load_weights(model: torch.nn.Module, folder: PathLike, rank: int = 0) -> None:

@@ -159,7 +159,7 @@ class Trainer:
         state = self.state_dict()
         rank_state = self.checkpoints.load(state, step)
         self._load_state(state)
-        self._restore_data_position(rank_state)
+        self._restore_data_position(rank_state, step)
         # The steps after the checkpoint are trained (and logged) again: their first records,
         # from before the restart, go, so that each step is in the logs once.
         self.loggers.discard_after(self.step)
@@ -376,23 +376,53 @@ class Trainer:
         if set_optimizer_step is not None:
             set_optimizer_step(self.step)
 
-    def _restore_data_position(self, rank_state: dict[str, Any] | None) -> None:
-        if rank_state is None:
-            logger.warning("the checkpoint has no data position; reading data from the start")
-        elif rank_state.get("world_size") != self.environment.world_size:
-            logger.warning(
-                "the checkpoint was written by %s ranks, this job has %d: each rank's data "
-                "position cannot carry over, so data is read from the start",
-                rank_state.get("world_size"),
-                self.environment.world_size,
-            )
-        else:
+    def _restore_data_position(self, rank_state: dict[str, Any] | None, step: int) -> None:
+        if rank_state is not None and rank_state.get("world_size") == self.environment.world_size:
             try:
                 self.batches.load_state_dict(rank_state["data"])
             except UserInputError as error:
                 # E.g. files were added under the inputs glob since: an exact resume is not
                 # possible, and refusing to resume would lose the training done so far.
                 logger.warning("%s; reading data from the start", error)
+            return
+        # Another number of ranks wrote the checkpoint (this rank may have no file of its own):
+        # the old ranks' positions together say what of the epoch is left to share out.
+        rank_states = self.checkpoints.rank_states(step)
+        if not rank_states:
+            logger.warning("the checkpoint has no data position; reading data from the start")
+            return
+        self._reshard_data_position(rank_states)
+
+    def _reshard_data_position(self, rank_states: list[dict[str, Any]]) -> None:
+        reshard = getattr(self.batches, "load_resharded_state_dicts", None)
+        old_world_size = len(rank_states)
+        if reshard is None or any("data" not in state for state in rank_states):
+            logger.warning(
+                "the checkpoint was written by %d ranks, this job has %d, and the data cannot "
+                "be reshared: data is read from the start",
+                old_world_size,
+                self.environment.world_size,
+            )
+            return
+        try:
+            report = reshard([state["data"] for state in rank_states])
+        except UserInputError as error:
+            logger.warning("%s; reading data from the start", error)
+            return
+        logger.info(
+            "the checkpoint was written by %d ranks, this job has %d: epoch %d continues; of "
+            "the %d rows the old ranks had in it, %d read are skipped and the other %d are "
+            "shared over the ranks (%d to this one); granularity one shuffle window: %d rows "
+            "of windows an old rank had partly read are read again",
+            report.old_world_size,
+            self.environment.world_size,
+            report.epoch,
+            report.rows_in_epoch,
+            report.rows_skipped,
+            report.rows_remaining,
+            report.rows_for_this_rank,
+            report.rows_read_again,
+        )
 
     @contextlib.contextmanager
     def _progress_bar(self) -> Iterator[tqdm]:

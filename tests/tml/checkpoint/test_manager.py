@@ -41,6 +41,14 @@ def test_save_then_load_round_trips_with_rank_state(tmp_path, single_process_gro
     assert rank_state == {"data": {"file": 2, "row": 7}}
 
 
+def test_every_ranks_state_is_read_back_in_rank_order(tmp_path, single_process_group):
+    manager = CheckpointManager(tmp_path, async_save=False)
+    manager.save(3, state_of(3.0), rank_state={"data": 0})
+    # As a second rank of the same job would have written it.
+    (checkpoint_folder(tmp_path, 3) / "rank_1.json").write_text('{"data": 1}')
+    assert manager.rank_states(3) == [{"data": 0}, {"data": 1}]
+
+
 def test_async_save_keeps_the_values_of_the_moment_it_was_called(tmp_path, single_process_group):
     manager = CheckpointManager(tmp_path, async_save=True)
     state = state_of(1.0)

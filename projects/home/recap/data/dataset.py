@@ -23,6 +23,7 @@ ahead saves the position of the last batch it consumed, not the loader's current
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import logging
 import os
 from collections.abc import Iterator, Sequence
@@ -33,15 +34,21 @@ import torch
 from projects.home.recap.data.batching import BatchAssembler, RawBatch, cut_batches
 from projects.home.recap.data.config import RecapDataConfig
 from projects.home.recap.data.embedding_ids import SparseFeatures
-from projects.home.recap.data.epoch_order import EpochOrder
+from projects.home.recap.data.epoch_order import EpochOrder, Window
 from projects.home.recap.data.features import FeaturePlan, plan_features
 from projects.home.recap.data.files import inputs_root, select_files
 from projects.home.recap.data.parquet_format import ParquetFormat
 from projects.home.recap.data.pipeline import ordered_map
 from projects.home.recap.data.preprocess import Preprocessor, build_preprocessor
 from projects.home.recap.data.reader import DataFile, FileFormat
-from projects.home.recap.data.reading import WindowReader, open_files, read_segments
-from projects.home.recap.data.sharing import DatasetError, per_rank_batch_size, share_row_groups
+from projects.home.recap.data.reading import Segment, WindowReader, open_files, read_segments
+from projects.home.recap.data.sharing import (
+    DatasetError,
+    RowGroup,
+    Share,
+    per_rank_batch_size,
+    share_row_groups,
+)
 from projects.home.recap.data.value_checks import ValueChecks
 from projects.home.recap.embedding.config import LargeEmbeddingsConfig
 from projects.home.recap.inputs import InputSpec, RecapBatch
@@ -50,7 +57,57 @@ logger = logging.getLogger(__name__)
 
 STATE_VERSION = 1
 
-__all__ = ["STATE_VERSION", "DatasetError", "ReadOptions", "RecapDataset", "build_dataset"]
+__all__ = [
+    "STATE_VERSION",
+    "DatasetError",
+    "ReadOptions",
+    "RecapDataset",
+    "ReshardReport",
+    "build_dataset",
+]
+
+
+@dataclasses.dataclass(frozen=True)
+class Remainder:
+    """The rest of an epoch that a resume on another number of ranks dealt to this rank.
+
+    Attributes:
+        epoch: The epoch it finishes; the next one is read from the rank's own share again.
+        row_groups: Its row groups; ``RowGroup.file`` indexes every file the loader opened
+            (not only its share: the rest of an epoch lies in any file).
+    """
+
+    epoch: int
+    row_groups: tuple[RowGroup, ...]
+
+    @property
+    def rows(self) -> int:
+        return sum(unit.rows for unit in self.row_groups)
+
+
+@dataclasses.dataclass(frozen=True)
+class ReshardReport:
+    """What a resume on another number of ranks made of the old ranks' positions (for the
+    log line).
+
+    Attributes:
+        old_world_size: Ranks that wrote the positions.
+        epoch: The epoch that continues (the slowest old rank's).
+        rows_in_epoch: Rows the old ranks had in that epoch (all of it, unless they were
+            themselves finishing a resharded epoch).
+        rows_skipped: Rows of the windows they had finished: not read again.
+        rows_read_again: Rows they had read of windows they had not finished (read twice).
+        rows_remaining: Rows dealt over the new ranks.
+        rows_for_this_rank: This rank's part of them.
+    """
+
+    old_world_size: int
+    epoch: int
+    rows_in_epoch: int
+    rows_skipped: int
+    rows_read_again: int
+    rows_remaining: int
+    rows_for_this_rank: int
 
 
 @dataclasses.dataclass(frozen=True)
@@ -173,16 +230,14 @@ class RecapDataset(torch.utils.data.IterableDataset):
             ignore_errors=config.ignore_data_errors,
         )
         files, empty = _without_empty_files(files, rank)
-        share = share_row_groups(
-            files,
-            candidates=len(paths) - len(empty),
-            skipped=len(self.skipped_files),
-            rank=rank,
-            world_size=world_size,
-        )
+        # Kept to recompute the shares of another number of ranks (a resharded resume).
+        self._all_files = tuple(files)
+        self._candidates = len(paths) - len(empty)
+        self._root = inputs_root(config)
+        share = self._share(rank, world_size)
         self._files = share.files
         self.rows_per_epoch = share.rows
-        self._fingerprint = share.fingerprint(inputs_root(config))
+        self._fingerprint = share.fingerprint(self._root)
         self._order = EpochOrder(
             share.row_groups,
             shuffle=options.shuffle,
@@ -213,6 +268,7 @@ class RecapDataset(torch.utils.data.IterableDataset):
         self._mappers = config.map_num_parallel_calls or 1
         self._epoch = 0
         self._offset = 0
+        self._remainder: Remainder | None = None
         logger.info(
             "rank %d/%d (%s): %d files, %d row groups, %d rows per epoch, batch %d",
             rank,
@@ -231,8 +287,16 @@ class RecapDataset(torch.utils.data.IterableDataset):
 
     @property
     def file_paths(self) -> list[str]:
-        """This rank's files; ``extra_features[ROW_FILE]`` indexes this list."""
-        return [data_file.path for data_file in self._files]
+        """This rank's files; ``extra_features[ROW_FILE]`` indexes this list. After a resume
+        on another number of ranks the other files follow (the rest of that epoch may lie in
+        any of them)."""
+        files = self._reading_files() if self._remainder is not None else self._files
+        return [data_file.path for data_file in files]
+
+    def _reading_files(self) -> tuple[DataFile, ...]:
+        """The share's files, then every other one: the share's indices stay valid."""
+        share = {id(data_file) for data_file in self._files}
+        return self._files + tuple(f for f in self._all_files if id(f) not in share)
 
     @property
     def skipped_row_groups(self) -> int:
@@ -262,7 +326,7 @@ class RecapDataset(torch.utils.data.IterableDataset):
 
     def state_dict(self) -> dict[str, Any]:
         """The position to resume from: right after the last batch handed out."""
-        return {
+        state: dict[str, Any] = {
             "version": STATE_VERSION,
             "epoch": self._epoch,
             "offset": self._offset,
@@ -271,6 +335,17 @@ class RecapDataset(torch.utils.data.IterableDataset):
             "world_size": self.world_size,
             "fingerprint": self._fingerprint,
         }
+        if self._remainder is not None:
+            # Kept after its epoch too: a later resharded resume must know what this rank was
+            # dealt of that epoch (its own share was not it).
+            state["remainder"] = {
+                "epoch": self._remainder.epoch,
+                "row_groups": [
+                    [self._relative_name(unit.file), unit.row_group]
+                    for unit in self._remainder.row_groups
+                ],
+            }
+        return state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Continues from a saved position: the next batch starts at the first unseen row.
@@ -290,20 +365,205 @@ class RecapDataset(torch.utils.data.IterableDataset):
                     "position cannot be restored"
                 )
         self._epoch, self._offset = int(state["epoch"]), int(state["offset"])
+        self._remainder = self._remainder_of(state)
+
+    def load_resharded_state_dicts(self, states: Sequence[dict[str, Any]]) -> ReshardReport:
+        """Continues the epoch that another number of ranks was reading: what they read is
+        skipped, the rest of the epoch is dealt over this job's ranks, then epochs go on as
+        usual.
+
+        The granularity is one window (``examples_shuffle_buffer_size`` rows rounded up to
+        whole row groups; one row group without example shuffling): a window an old rank had
+        partly read is read again whole, so its rows read before the resume are seen twice
+        and no row of the epoch is skipped. Old ranks already in a later epoch than the
+        slowest one count as having finished that epoch (their rows of the later epoch are
+        read again).
+
+        Args:
+            states: Every old rank's ``state_dict()``, in rank order.
+
+        Raises:
+            DatasetError: the states do not come from one job over these same files and seed.
+        """
+        old_world_size = len(states)
+        for old_rank, state in enumerate(states):
+            if state.get("version") != STATE_VERSION:
+                raise DatasetError(
+                    f"data loader state version {state.get('version')} is not supported"
+                )
+            if (state.get("rank"), state.get("world_size")) != (old_rank, old_world_size):
+                raise DatasetError(
+                    f"the data position of rank {old_rank} of {old_world_size} says rank "
+                    f"{state.get('rank')} of {state.get('world_size')}"
+                )
+            if state.get("seed") != self.seed:
+                raise DatasetError(
+                    f"data loader state was saved with seed={state.get('seed')!r}, this loader "
+                    f"has {self.seed!r}: the position cannot be restored"
+                )
+            if self._share(old_rank, old_world_size).fingerprint(self._root) != state.get(
+                "fingerprint"
+            ):
+                raise DatasetError(
+                    "the files changed since the checkpoint: the data position of its "
+                    f"{old_world_size} ranks cannot be restored"
+                )
+        epoch = min(int(state["epoch"]) for state in states)
+        remaining: list[RowGroup] = []
+        rows_in_epoch = rows_skipped = rows_read_again = 0
+        for old_rank, state in enumerate(states):
+            for window in self._old_windows(state, epoch, old_rank, old_world_size):
+                rows_in_epoch += window.rows
+                offset = int(state["offset"]) if int(state["epoch"]) == epoch else window.stop
+                if window.stop <= offset:
+                    rows_skipped += window.rows
+                    continue
+                if window.start < offset:
+                    rows_read_again += offset - window.start
+                remaining.extend(window.row_groups)
+        # Canonical order, then dealt round-robin: every new rank computes the same deal.
+        remaining.sort(key=lambda unit: (unit.file, unit.row_group))
+        self._remainder = Remainder(epoch, tuple(remaining[self.rank :: self.world_size]))
+        self._epoch, self._offset = epoch, 0
+        if not self._remainder.row_groups:  # nothing left for this rank: on to the next epoch
+            self._epoch += 1
+        return ReshardReport(
+            old_world_size=old_world_size,
+            epoch=epoch,
+            rows_in_epoch=rows_in_epoch,
+            rows_skipped=rows_skipped,
+            rows_read_again=rows_read_again,
+            rows_remaining=sum(unit.rows for unit in remaining),
+            rows_for_this_rank=self._remainder.rows,
+        )
+
+    def _share(self, rank: int, world_size: int) -> Share:
+        return share_row_groups(
+            self._all_files,
+            candidates=self._candidates,
+            skipped=len(self.skipped_files),
+            rank=rank,
+            world_size=world_size,
+        )
+
+    def _relative_name(self, file: int) -> str:
+        """A file's name relative to the inputs' folder (as the fingerprint names it)."""
+        prefix = self._root.rstrip("/") + "/"
+        path = self._all_files[file].path
+        return path[len(prefix) :] if path.startswith(prefix) else path
+
+    def _remainder_of(self, state: dict[str, Any]) -> Remainder | None:
+        saved = state.get("remainder")
+        if saved is None:
+            return None
+        index = {self._relative_name(file): file for file in range(len(self._all_files))}
+        by_key = {
+            (unit.file, unit.row_group): unit
+            for file, data_file in enumerate(self._all_files)
+            for unit in (RowGroup(file, g, n) for g, n in enumerate(data_file.row_group_rows))
+        }
+        try:
+            units = tuple(by_key[(index[name], int(group))] for name, group in saved["row_groups"])
+        except KeyError as missing:
+            raise DatasetError(
+                f"the data position names {missing} that the inputs no longer hold: the files "
+                "changed, so the position cannot be restored"
+            ) from None
+        return Remainder(int(saved["epoch"]), units)
+
+    def _order_of(self, units: Sequence[RowGroup], rank: int, world_size: int) -> EpochOrder:
+        return EpochOrder(
+            tuple(units),
+            shuffle=self.options.shuffle,
+            seed=self.seed,
+            rank=rank,
+            world_size=world_size,
+            file_batch_size=self.config.file_batch_size,
+            shuffle_buffer=self.config.examples_shuffle_buffer_size,
+        )
+
+    def _old_windows(
+        self, state: dict[str, Any], epoch: int, rank: int, world_size: int
+    ) -> list[Window]:
+        """The windows an old rank read ``epoch`` in, their row groups indexing every file."""
+        remainder = self._remainder_of(state)
+        if remainder is not None and remainder.epoch == epoch:
+            return self._order_of(remainder.row_groups, rank, world_size).windows(epoch)
+        share = self._share(rank, world_size)
+        # The order is computed on the share's own file indices, exactly as that rank did.
+        windows = self._order_of(share.row_groups, rank, world_size).windows(epoch)
+        global_index = {id(data_file): i for i, data_file in enumerate(self._all_files)}
+        to_global = [global_index[id(data_file)] for data_file in share.files]
+        return [
+            dataclasses.replace(
+                window,
+                row_groups=tuple(
+                    dataclasses.replace(unit, file=to_global[unit.file])
+                    for unit in window.row_groups
+                ),
+            )
+            for window in windows
+        ]
+
+    def _rows_in(self, epoch: int) -> int:
+        """Rows this rank reads in ``epoch``."""
+        if self._remainder is not None and self._remainder.epoch == epoch:
+            return self._remainder.rows
+        return self.rows_per_epoch
+
+    def _segments(self) -> Iterator[Segment]:
+        """The rows from the current position: the rest of a resharded epoch first, if any."""
+        remainder = self._remainder
+        if remainder is None or self._epoch != remainder.epoch:
+            return read_segments(
+                self._order,
+                self._reader,
+                epoch=self._epoch,
+                offset=self._offset,
+                repeat=self.options.repeat,
+                threads=self._readers,
+            )
+        files = self._reading_files()
+        # Read with indices into ``file_paths`` (so that ROW_FILE indexes it); the order is the
+        # same whatever the files' indices, only their order counts.
+        position = {id(data_file): index for index, data_file in enumerate(files)}
+        units = [
+            dataclasses.replace(unit, file=position[id(self._all_files[unit.file])])
+            for unit in remainder.row_groups
+        ]
+        reader = WindowReader(
+            files,
+            ignore_errors=self.config.ignore_data_errors,
+            cache=False,
+            row_ids=self.options.row_ids,
+            checks=self._checks,
+        )
+        rest = read_segments(
+            self._order_of(units, self.rank, self.world_size),
+            reader,
+            epoch=remainder.epoch,
+            offset=self._offset,
+            repeat=False,
+            threads=self._readers,
+        )
+        if not self.options.repeat:
+            return rest
+        following = read_segments(
+            self._order,
+            self._reader,
+            epoch=remainder.epoch + 1,
+            offset=0,
+            repeat=True,
+            threads=self._readers,
+        )
+        return itertools.chain(rest, following)
 
     def __iter__(self) -> Iterator[RecapBatch]:
         """Batches from the current position; the position advances as each is handed out.
 
         Use one iterator at a time: each starts at the shared position and advances it.
         """
-        segments = read_segments(
-            self._order,
-            self._reader,
-            epoch=self._epoch,
-            offset=self._offset,
-            repeat=self.options.repeat,
-            threads=self._readers,
-        )
+        segments = self._segments()
         raw_batches = cut_batches(segments, self.batch_size * self.preprocessor.batch_multiplier)
 
         # The GPU of the iterating thread (the rank's): a new thread's current device is GPU 0,
@@ -324,7 +584,7 @@ class RecapDataset(torch.utils.data.IterableDataset):
             lookahead=self._mappers + 1,
             name="recap-batch",
         ):
-            if offset >= self.rows_per_epoch:
+            if offset >= self._rows_in(epoch):
                 epoch, offset = epoch + 1, 0
             self._epoch, self._offset = epoch, offset
             yield batch

@@ -8,6 +8,7 @@ step, only split differently.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import logging
 from pathlib import Path
 from typing import Any
@@ -15,12 +16,19 @@ from typing import Any
 import torch
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
-from projects.home.recap.build import build_whole_model, load_trained_model, model_input_spec
+from projects.home.recap.build import (
+    build_data,
+    build_whole_model,
+    load_trained_model,
+    model_input_spec,
+)
 from projects.home.recap.config import RecapConfig
+from projects.home.recap.data.dataset import ReadOptions
+from projects.home.recap.data.reading import ROW_FILE, ROW_IN_FILE
 from projects.home.recap.inputs import DenseInputs, RecapBatch
 from projects.home.recap.job_folder import JobFolder
 from projects.home.recap.train import build_trainer, run_training
-from tml.checkpoint import checkpoint_folder, is_complete
+from tml.checkpoint import checkpoint_folder, complete_steps, is_complete
 from tml.core.config import apply_override
 from tml.distributed import distributed_environment, running_statistics
 from tml.observability.logging import setup_logging
@@ -250,3 +258,46 @@ def train_job_with_sharding_log(config: RecapConfig) -> tuple[int, list[str]]:
         return train_job(config), messages
     finally:
         sharding_logger.removeHandler(handler)
+
+
+class RecordingRows:
+    """A real loader whose batches' rows are recorded as (file path, row in file), in the
+    order they leave the loader, and whose resharded resume is reported."""
+
+    def __init__(self, dataset: Any) -> None:
+        self.dataset = dataset
+        self.batches: list[list[tuple[str, int]]] = []
+        self.report: Any = None
+
+    def __iter__(self):
+        for batch in self.dataset:
+            paths = self.dataset.file_paths
+            files = batch.extra_features[ROW_FILE].flatten().tolist()
+            rows = batch.extra_features[ROW_IN_FILE].flatten().tolist()
+            self.batches.append([(paths[f], r) for f, r in zip(files, rows, strict=True)])
+            yield batch
+
+    def state_dict(self) -> dict[str, Any]:
+        return self.dataset.state_dict()
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.dataset.load_state_dict(state)
+
+    def load_resharded_state_dicts(self, states: list[dict[str, Any]]) -> Any:
+        self.report = self.dataset.load_resharded_state_dicts(states)
+        return self.report
+
+
+def train_job_recording_rows(config: RecapConfig) -> tuple[int, int, list, Any]:
+    """Trains on the real files of ``config.train_data`` on this rank; returns the step it
+    started from, the step reached, the rows of each batch read, and the resharding report
+    (None without one). Batches read ahead but not trained are among the rows: count by
+    steps."""
+    with distributed_environment("cpu") as environment:
+        setup_logging(environment.rank)
+        options = dataclasses.replace(ReadOptions.training(), row_ids=True)
+        recorder = RecordingRows(build_data(config, config.train_data, options, environment))
+        steps = complete_steps(JobFolder(config.training.save_dir).checkpoints)
+        start = max(steps, default=0)
+        step = run_training(config, environment, recorder)
+        return start, step, recorder.batches, recorder.report

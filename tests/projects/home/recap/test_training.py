@@ -6,7 +6,9 @@ from pathlib import Path
 import pytest
 import torch
 
+from projects.home.recap.data.parquet_format import WriteOptions
 from projects.home.recap.job_folder import JobFolder
+from projects.home.recap.tools.generate_random_data import generate_dataset
 from projects.home.recap.train import hold_save_dir, save_dir_lock
 from tests.helpers.multiprocess import run_on_ranks
 from tests.projects.home.recap.distributed_jobs import (
@@ -15,6 +17,7 @@ from tests.projects.home.recap.distributed_jobs import (
     full_parameters,
     tiny_config,
     train_job,
+    train_job_recording_rows,
     train_job_statistics,
     train_job_stopped_and_resumed,
 )
@@ -287,3 +290,41 @@ def test_a_second_job_on_a_save_dir_in_use_stops_with_one_line(tmp_path, single_
     with hold_save_dir(job, single_process_group):
         assert job.lock_file.is_file()
     assert not job.lock_file.exists()
+
+
+def test_resumes_on_1_then_2_ranks_see_every_example_of_the_epoch_once_per_window(tmp_path):
+    # 96 examples in 3 files of row groups of 8, windows of 16 rows: an epoch is 6 steps of 16.
+    data = tmp_path / "data"
+    generate_dataset(
+        tiny_config(tmp_path).train_data,
+        str(data),
+        num_examples=96,
+        num_files=3,
+        options=WriteOptions(row_group_size=8, chunk_size=8),
+        progress=False,
+    )
+    inputs = [f"train_data.inputs={data}/*.parquet", "train_data.examples_shuffle_buffer_size=12"]
+    save_dir = tmp_path / "job"
+    seen: list[tuple[str, int]] = []
+    read_again = 0
+    # 2 ranks to step 3 (each half way through a window), 1 rank to step 5 (still in epoch 0),
+    # then 2 ranks past its end.
+    for world_size, steps in ((2, 3), (1, 5), (2, 11)):
+        config = tiny_config(save_dir, *inputs, f"training.num_train_steps={steps}")
+        ranks = run_on_ranks(train_job_recording_rows, world_size, config, workdir=tmp_path)
+        for start, step, batches, report in ranks:
+            rows = [row for batch in batches[: step - start] for row in batch]
+            if report is not None:
+                assert report.epoch == 0 and report.old_world_size == 3 - world_size
+                # Past the end of epoch 0, only the rest of the epoch counts.
+                assert len(rows) >= report.rows_for_this_rank or step < 11
+                rows = rows[: report.rows_for_this_rank]
+            seen += rows
+        # Every new rank reports the same rows read again (those of the whole old job).
+        if ranks[0][3] is not None:
+            read_again += ranks[0][3].rows_read_again
+    counts = {row: seen.count(row) for row in set(seen)}
+    assert len(counts) == 96  # no example of the epoch skipped
+    # Only rows of windows an old rank had partly read come twice (each rank reports them all).
+    assert len(seen) - 96 == read_again
+    assert max(counts.values()) <= 2

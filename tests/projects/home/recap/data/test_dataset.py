@@ -574,3 +574,66 @@ def test_a_file_with_0_rows_is_skipped_naming_it(write_files, make_config, tmp_p
     with pytest.raises(DatasetError) as error:
         build_dataset(make_config(), options=TRAIN, tasks=TASKS)
     assert str(error.value) == f"every file read has 0 rows: {paths[2]}"
+
+
+def _read_on_ranks(config, world_size, batches, states=None):
+    """Each rank's ids for ``batches`` batches, and its state after them; ``states`` (the old
+    ranks' states) resume each rank resharded."""
+    ids, after = [], []
+    for rank in range(world_size):
+        dataset = build_dataset(
+            config, options=TRAIN, tasks=TASKS, rank=rank, world_size=world_size, seed=5
+        )
+        if states is not None:
+            dataset.load_resharded_state_dicts(states)
+        ids.append([i for batch in take(dataset, batches) for i in ids_of(batch)])
+        after.append(dataset.state_dict())
+    return ids, after
+
+
+@pytest.mark.parametrize(
+    ("sizes", "old", "new", "batches"),
+    [([10, 7, 6, 9], 2, 1, 4), ([10, 7, 6, 9], 1, 2, 3), ([23], 2, 1, 4)],
+)
+def test_a_resume_on_another_number_of_ranks_finishes_the_epoch_once_per_window(
+    write_files, make_config, sizes, old, new, batches
+):
+    write_files(sizes, row_group_size=3)
+    total = sum(sizes)
+    # A window is 4 rows rounded up to whole row groups of 3: 6 rows.
+    config = make_config(examples_shuffle_buffer_size=4, file_batch_size=2)
+    before, states = _read_on_ranks(config, old, batches)
+    probe = build_dataset(config, options=TRAIN, tasks=TASKS, world_size=new, seed=5)
+    report = probe.load_resharded_state_dicts(states)
+    assert report.epoch == 0 and report.rows_in_epoch == total
+    assert report.rows_skipped + report.rows_remaining == total
+    assert report.rows_skipped > 0 and report.rows_read_again > 0  # both cases are met
+    # Enough batches on every new rank to pass the end of the epoch.
+    after, new_states = _read_on_ranks(config, new, total, states)
+    seen = [i for ids in before for i in ids]
+    for rank, ids in enumerate(after):
+        dataset = build_dataset(
+            config, options=TRAIN, tasks=TASKS, rank=rank, world_size=new, seed=5
+        )
+        seen += ids[: dataset.load_resharded_state_dicts(states).rows_for_this_rank]
+        # Past the rest of the epoch, the rank's own share starts epoch 1.
+        assert new_states[rank]["epoch"] >= 1
+    counts = np.bincount(seen, minlength=total)
+    assert counts.min() == 1  # no example skipped
+    # Only rows of windows partly read before the resume come twice, and no more of them.
+    assert counts.sum() - total == report.rows_read_again
+    assert counts.max() <= 2
+    # The resharded position survives a same-size resume mid-way through the rest.
+    first = _resharded(config, new, states)
+    head = [ids_of(batch) for batch in take(first, 2)]
+    resumed = build_dataset(config, options=TRAIN, tasks=TASKS, world_size=new, seed=5)
+    resumed.load_state_dict(first.state_dict())
+    assert head + [ids_of(b) for b in take(resumed, 3)] == [
+        ids_of(b) for b in take(_resharded(config, new, states), 5)
+    ]
+
+
+def _resharded(config, world_size, states):
+    dataset = build_dataset(config, options=TRAIN, tasks=TASKS, world_size=world_size, seed=5)
+    dataset.load_resharded_state_dicts(states)
+    return dataset
