@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import os
 
-from tml.checkpoint import CheckpointNotFoundError, is_complete, latest_complete_folder
+from tml.checkpoint import find_complete_checkpoint
 from tml.observability.metric_loggers import MetricLoggers, build_metric_loggers
 from tml.storage import AnyPath, RemotePath, as_path
 
@@ -37,14 +37,7 @@ class TwhinJobFolder:
         Raises:
             CheckpointNotFoundError: naming the path that holds no complete checkpoint.
         """
-        where = as_path(path) if path is not None else self.root
-        if is_complete(where):
-            return where
-        for candidate in (where, TwhinJobFolder(where).checkpoints):
-            folder = latest_complete_folder(candidate)
-            if folder is not None:
-                return folder
-        raise CheckpointNotFoundError(f"no complete checkpoint in {where}")
+        return find_complete_checkpoint(path if path is not None else self.root, "checkpoints")
 
     def metrics_file(self, stream: str) -> AnyPath:
         """The JSONL file of a metric stream (``train`` or ``eval``)."""

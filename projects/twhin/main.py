@@ -15,14 +15,11 @@ import sys
 
 from projects.twhin.config import TwhinConfig
 from projects.twhin.train import run_training
-from tml.core.cli import USER_ERROR_EXIT, add_config_arguments, exit_status
+from tml.core.cli import USER_ERROR_EXIT, add_config_arguments
 from tml.core.config import load_config_from_yaml
 from tml.core.errors import UserInputError
-from tml.distributed import distributed_environment, lost_peer
+from tml.distributed import distributed_environment, rank_exit_status
 from tml.observability.logging import setup_logging
-
-# A rank that stopped because another went away (the failure is that rank's, not this one's).
-PEER_LOST_EXIT = 1
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -44,16 +41,7 @@ def main(argv: list[str] | None = None) -> int:
         with distributed_environment(timeout=timeout) as environment:
             run_training(config, environment)
 
-    several = int(os.environ.get("WORLD_SIZE", 1)) > 1
-    prefix = f"[rank {rank}] " if several else ""
-    try:
-        return exit_status(run, prefix=prefix, rank=rank)
-    except RuntimeError as error:
-        reason = lost_peer(error) if several else None
-        if reason is None:
-            raise
-        print(f"{prefix}stopped: another rank went away ({reason})", file=sys.stderr)
-        return PEER_LOST_EXIT
+    return rank_exit_status(run, rank)
 
 
 if __name__ == "__main__":

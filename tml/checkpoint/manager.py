@@ -118,6 +118,23 @@ def latest_complete_folder(directory: PathLike) -> AnyPath | None:
     return checkpoint_folder(directory, steps[-1]) if steps else None
 
 
+def find_complete_checkpoint(where: PathLike, checkpoints_folder: str) -> AnyPath:
+    """A complete checkpoint folder: ``where`` itself, the newest under ``where`` (a folder of
+    checkpoints), or the newest under ``where/checkpoints_folder`` (a job's save_dir).
+
+    Raises:
+        CheckpointNotFoundError: naming the path that holds no complete checkpoint.
+    """
+    where = as_path(where)
+    if is_complete(where):
+        return where
+    for candidate in (where, where / checkpoints_folder):
+        folder = latest_complete_folder(candidate)
+        if folder is not None:
+            return folder
+    raise CheckpointNotFoundError(f"no complete checkpoint in {where}")
+
+
 class CheckpointManager:
     """Writes and reads the job's checkpoints; every method is called on every rank.
 

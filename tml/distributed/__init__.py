@@ -6,6 +6,7 @@ from tml.distributed.environment import (
     distributed_environment,
     init_distributed,
     lost_peer,
+    rank_exit_status,
     report_user_error,
     shutdown_distributed,
 )
@@ -16,6 +17,7 @@ __all__ = [
     "distributed_environment",
     "init_distributed",
     "lost_peer",
+    "rank_exit_status",
     "report_user_error",
     "running_statistics",
     "shutdown_distributed",

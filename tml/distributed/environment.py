@@ -15,11 +15,13 @@ import datetime
 import logging
 import os
 import signal
-from collections.abc import Iterator, Mapping
+import sys
+from collections.abc import Callable, Iterator, Mapping
 
 import torch
 import torch.distributed as dist
 
+from tml.core.cli import exit_status
 from tml.core.errors import UserInputError
 
 logger = logging.getLogger(__name__)
@@ -222,3 +224,25 @@ def distributed_environment(
 def _device_id(device: torch.device) -> torch.device | None:
     # Binding NCCL to its device up front avoids a lazy, per-collective device guess.
     return device if device.type == "cuda" else None
+
+
+# A rank that stopped because another went away (the failure is that rank's, not this one's).
+PEER_LOST_EXIT = 1
+
+
+def rank_exit_status(run: Callable[[], None], rank: int) -> int:
+    """Runs one rank's job and returns its exit status, as ``tml.core.cli.exit_status`` does.
+
+    Under torchrun each line is prefixed with the rank, and a rank that only lost its
+    connection to a failed peer (which said why) prints one line saying so, not a traceback.
+    """
+    several = int(os.environ.get("WORLD_SIZE", 1)) > 1
+    prefix = f"[rank {rank}] " if several else ""
+    try:
+        return exit_status(run, prefix=prefix, rank=rank)
+    except RuntimeError as error:
+        reason = lost_peer(error) if several else None
+        if reason is None:
+            raise
+        print(f"{prefix}stopped: another rank went away ({reason})", file=sys.stderr)
+        return PEER_LOST_EXIT

@@ -28,7 +28,7 @@ import os
 from collections.abc import Callable
 from pathlib import Path
 
-from tml.checkpoint import CheckpointNotFoundError, is_complete, latest_complete_folder
+from tml.checkpoint import find_complete_checkpoint
 from tml.core.errors import UserInputError
 from tml.observability.metric_loggers import MetricLoggers, build_metric_loggers
 from tml.storage import AnyPath, RemotePath, as_path
@@ -79,14 +79,7 @@ class JobFolder:
         Raises:
             CheckpointNotFoundError: naming the path that holds no complete checkpoint.
         """
-        where = as_path(path) if path is not None else self.root
-        if is_complete(where):
-            return where
-        for candidate in (where, JobFolder(where).checkpoints):
-            folder = latest_complete_folder(candidate)
-            if folder is not None:
-                return folder
-        raise CheckpointNotFoundError(f"no complete checkpoint in {where}")
+        return find_complete_checkpoint(path if path is not None else self.root, self.CHECKPOINTS)
 
     @staticmethod
     def evaluation_results(checkpoint: AnyPath, partition: str) -> AnyPath:

@@ -20,19 +20,16 @@ from projects.home.recap.config import RecapConfig
 from projects.home.recap.evaluate import run_evaluator
 from projects.home.recap.inference import run_inference
 from projects.home.recap.train import run_training
-from tml.core.cli import USER_ERROR_EXIT, add_config_arguments, exit_status, parse_command_line
+from tml.core.cli import USER_ERROR_EXIT, add_config_arguments, parse_command_line
 from tml.core.config import load_config_from_yaml
 from tml.core.errors import UserInputError
 from tml.distributed import (
     DistributedEnvironment,
     distributed_environment,
-    lost_peer,
+    rank_exit_status,
     report_user_error,
 )
 from tml.observability.logging import setup_logging
-
-# A rank that stopped because another went away (the failure is that rank's, not this one's).
-PEER_LOST_EXIT = 1
 
 
 class JobMode(enum.StrEnum):
@@ -95,17 +92,7 @@ def _run(args: argparse.Namespace) -> int:
         with distributed_environment(timeout=timeout) as environment:
             MODES[JobMode(args.mode)](config, environment)
 
-    several = int(os.environ.get("WORLD_SIZE", 1)) > 1
-    prefix = f"[rank {rank}] " if several else ""
-    try:
-        return exit_status(run, prefix=prefix, rank=rank)
-    except RuntimeError as error:
-        reason = lost_peer(error) if several else None
-        if reason is None:
-            raise
-        # Another rank failed first and said why; this one only lost its connection to it.
-        print(f"{prefix}stopped: another rank went away ({reason})", file=sys.stderr)
-        return PEER_LOST_EXIT
+    return rank_exit_status(run, rank)
 
 
 if __name__ == "__main__":
