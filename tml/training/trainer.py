@@ -34,7 +34,9 @@ from tml.core.errors import UserInputError
 from tml.distributed import DistributedEnvironment, average_running_statistics
 from tml.observability.metric_loggers import MetricLoggers
 from tml.optimizers.scheduler import LearningRateScheduler
+from tml.training.bf16_weights import Bf16WeightCopies
 from tml.training.data_position import PositionTrackingIterator, StatefulBatches
+from tml.training.host_memory import retain_freed_memory
 from tml.training.preemption import StopRequest
 from tml.training.watchdog import StepWatchdog
 
@@ -134,6 +136,13 @@ class Trainer:
         self._interval = _IntervalStats(environment.device, len(settings.task_names))
         self._finite = _FiniteLossGuard(environment.device)
         self._watchdog = StepWatchdog(settings.step_timeout_s, environment.rank)
+        # Under bf16 autocast the Linear layers keep bf16 copies of their weights, refreshed by
+        # each optimizer step, instead of autocast casting all weights again in every forward.
+        self._bf16_copies: Bf16WeightCopies | None = None
+        if settings.autocast_dtype == torch.bfloat16:
+            copies = Bf16WeightCopies(model)
+            optimizer.register_step_post_hook(lambda *_: copies.refresh())
+            self._bf16_copies = copies
 
     # State -----------------------------------------------------------------------------------
 
@@ -171,6 +180,7 @@ class Trainer:
     def warm_start(self, folder: Path) -> None:
         """Loads only the model's weights from a checkpoint folder; the step stays 0."""
         load_weights(self.model, folder, self.environment.rank)
+        self._refresh_bf16_copies()
         logger.info("warm-started the weights from %s", folder)
 
     # Teardown --------------------------------------------------------------------------------
@@ -203,6 +213,9 @@ class Trainer:
                 "already at step %d of %d: nothing to train", self.step, settings.num_train_steps
             )
             return
+        # Every step allocates and frees the same large tensors: keeping freed memory saves a
+        # page fault per page per step.
+        retain_freed_memory()
         iterator = PositionTrackingIterator(self.batches)
         self._first_step = self.step  # the iterator counts batches from here
         pipeline = self._build_pipeline()
@@ -364,8 +377,13 @@ class Trainer:
             model.train()
             inner.attach(model)
 
+    def _refresh_bf16_copies(self) -> None:
+        if self._bf16_copies is not None:
+            self._bf16_copies.refresh()
+
     def _load_state(self, state: dict[str, Any]) -> None:
         self.model.load_state_dict(state["model"])
+        self._refresh_bf16_copies()
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.step = int(state["progress"]["step"])
