@@ -1,29 +1,38 @@
-"""Training-step throughput of the production-shaped ranker, read against the GEMM ceiling.
+"""Training-step throughput of the production-shaped ranker, read against the GEMM ceilings.
 
-Run:  .venv/bin/python benchmarks/model_step.py [--batch_sizes 128 512 2048] [--steps 6]
-      [--loss_steps 30] [--no_compile]
+Run:  .venv/bin/python benchmarks/model_step.py [--batch_sizes 128 512 2048] [--steps 8]
+      [--rounds 3] [--loss_steps 30] [--compile]
 
-Prints, for the model of projects/home/recap/config/local_prod.yaml on synthetic tensors:
+For the model of projects/home/recap/config/local_prod.yaml on synthetic tensors, in this process
+with every core, prints:
 
-* the analytic FLOPs of one example's forward + backward (6 x multiply-accumulates of every
-  Linear: 2 forward, 2 for the input gradient, 2 for the weight gradient);
-* the GEMM ceiling: examples/s if a step were only its GEMMs (per Linear: ``x W^T + b``,
-  ``dY W``, ``dY^T x``), each timed alone on this machine with the step's shapes and dtype (fp32,
-  or bf16 as autocast runs them);
-* forward + backward + Adam examples/s at each batch size, fp32 and bf16 autocast, on the fast
-  path (dense part compiled with torch.compile, fused Adam), and the fraction of the ceiling;
-* at batch 512: eager vs compiled, torch.optim.Adam's default vs fused=True;
-* the loss curves of fp32 and bf16 autocast from one initialisation, and their largest gap.
+* the machine (CPU, threads, load average at the start and the end: read figures from a loaded
+  machine with care) and the analytic FLOPs of one example's forward + backward (6 x the
+  multiply-accumulates of every Linear: 2 forward, 2 for the input gradient, 2 for the weight
+  gradient);
+* both GEMM ceilings, fp32 and bf16, measured in this run: the *square* one (a 2048^3 GEMM's
+  rate divided by the step's FLOPs: the issue's definition) and the *shapes* one (the step's own
+  GEMMs, ``x W^T + b``, ``dY W``, ``dY^T x`` per Linear, timed alone);
+* forward + backward + fused Adam, examples/s from the median step, for the trainer's path
+  first (eager; in bf16 the Linear layers' persistent bf16 weight copies refreshed by the
+  optimizer step, ``tml.training.bf16_weights``; freed memory kept,
+  ``tml.training.host_memory``), then plain autocast, torch.optim.Adam's default, and with
+  ``--compile`` the dense part compiled; each as a fraction of both ceilings of its dtype;
+* the trainer's path at every batch size;
+* the loss curves of fp32 and bf16 on the trainer's path from one initialisation;
+* the process's peak RSS.
 
-Other processes on the machine distort absolute figures, in bursts: every timing is the fastest of
-several runs (the least disturbed), and each ceiling is measured right before the step it is
-compared with. Read the ratios.
+Timings alternate between the paths and the ceilings round by round, so load elsewhere hits
+them alike; every figure is a median.
 """
 
 from __future__ import annotations
 
 import argparse
 import copy
+import os
+import resource
+import statistics
 import sys
 import time
 from collections.abc import Callable
@@ -38,102 +47,104 @@ from projects.home.recap.inputs import DenseInputs, InputSpec, RecapBatch
 from projects.home.recap.model.model_and_loss import ModelAndLoss, build_model_and_loss
 from projects.home.recap.model.ranking_model import compile_dense
 from tml.core.config import load_config_from_yaml
+from tml.training.bf16_weights import Bf16WeightCopies
+from tml.training.host_memory import retain_freed_memory
 
 CONFIG = Path(__file__).resolve().parents[1] / "projects/home/recap/config/local_prod.yaml"
-TARGET_FRACTION = 0.85  # of the fp32 GEMM ceiling at batch 512
-TARGET_BF16_SPEEDUP = 2.5
+TARGET_FRACTION = 0.85  # of each dtype's square GEMM ceiling at batch 512
 LOSS_TOLERANCE = 0.02  # largest relative gap between the bf16 and fp32 loss curves
 DTYPES = {"fp32": None, "bf16": torch.bfloat16}
+SQUARE = 2048
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--batch_sizes", type=int, nargs="+", default=[128, 512, 2048])
-    parser.add_argument("--steps", type=int, default=3, help="Timed steps per round.")
+    parser.add_argument("--steps", type=int, default=4, help="Timed steps per path and round.")
     parser.add_argument("--rounds", type=int, default=3, help="Rounds of interleaved timing.")
     parser.add_argument("--loss_steps", type=int, default=30, help="Steps of each loss curve.")
-    parser.add_argument("--no_compile", action="store_true", help="Skip torch.compile runs.")
+    parser.add_argument("--compile", action="store_true", help="Also time torch.compile.")
     args = parser.parse_args(argv)
 
+    retain_freed_memory()
     config = load_config_from_yaml(RecapConfig, CONFIG)
     spec = build_input_spec(config.train_data, list(config.model.tasks))
     torch.manual_seed(0)
-    eager = build_model_and_loss(config.model, spec)
-    linears = [m for m in eager.modules() if isinstance(m, nn.Linear)]
-    macs = multiply_accumulates(eager)
-    print(f"machine: {torch.get_num_threads()} threads, torch {torch.__version__}")
-    for name, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
-        print(f"  square GEMM 2048^3 {name}: {square_gemm_gflops(dtype):7.1f} GFLOP/s")
-    parameters = sum(p.numel() for p in eager.parameters())
-    print(f"model: {CONFIG.name}, {parameters / 1e6:.1f} M parameters, {len(linears)} Linear")
-    print(
-        f"  forward + backward: {6 * macs / 1e6:.1f} MFLOP per example (6 x {macs / 1e6:.2f} M MAC)"
-    )
+    model = build_model_and_loss(config.model, spec)
+    flops = 6 * multiply_accumulates(model)
+    print(describe_machine())
+    parameters = sum(p.numel() for p in model.parameters())
+    print(f"model: {CONFIG.name}, {parameters / 1e6:.1f} M parameters, {flops / 1e6:.1f} MFLOP")
+    print("  per example, forward + backward")
 
-    fast = copy.deepcopy(eager)
-    if not args.no_compile:
-        compile_dense(fast.model, dynamic=False)
-    fast_path = "eager+fused" if args.no_compile else "compiled+fused"
-
-    print(f"\nforward + backward + Adam on the fast path ({fast_path}):")
-    print(f"{'batch':>6} {'dtype':>5} {'ex/s':>9} {'ceiling ex/s':>13} {'of ceiling':>11}")
-    results: dict[tuple[int, str], float] = {}
-    fp32_fraction = 0.0
-    for batch_size in args.batch_sizes:
-        batch = synthetic_batch(spec, batch_size, len(config.model.tasks))
-        rates, ceilings = interleaved_rates(fast, linears, batch, args.rounds, args.steps)
+    batch_size = 512 if 512 in args.batch_sizes else args.batch_sizes[0]
+    batch = synthetic_batch(spec, batch_size, len(config.model.tasks))
+    paths = build_paths(model, args.compile)
+    timings = interleaved_timings(paths, model, batch, args.rounds, args.steps)
+    ceilings = {
+        (kind, name): batch_size / timings[kind, name]
+        for kind in ("square", "shapes")
+        for name in DTYPES
+    }
+    print(f"\nGEMM ceilings at batch {batch_size} (ex/s if the step were only GEMMs):")
+    for name in DTYPES:
+        gflops = flops * batch_size / timings["square", name] / 1e9
+        print(
+            f"  {name}: square {SQUARE}^3 at {gflops:6.1f} GFLOP/s -> "
+            f"{ceilings['square', name]:7.1f} ex/s; the step's GEMM shapes alone -> "
+            f"{ceilings['shapes', name]:7.1f} ex/s"
+        )
+    print(f"\nforward + backward + Adam at batch {batch_size}, median step:")
+    print(f"{'path':<44} {'dtype':>5} {'ex/s':>8} {'of square':>10} {'of shapes':>10}")
+    fractions: dict[str, float] = {}
+    for label in paths:
         for name in DTYPES:
-            rate, ceiling = rates[name], ceilings[name]
-            results[batch_size, name] = rate
-            print(f"{batch_size:>6} {name:>5} {rate:9.1f} {ceiling:13.1f} {rate / ceiling:10.1%}")
-            if batch_size == 512 and name == "fp32":
-                fp32_fraction = rate / ceiling
-    for batch_size in args.batch_sizes:
-        speedup = results[batch_size, "bf16"] / results[batch_size, "fp32"]
-        print(f"  bf16 / fp32 at batch {batch_size}: {speedup:.2f}x")
-
-    print("\npaths at batch 512 (ex/s):")
-    batch = synthetic_batch(spec, 512, len(config.model.tasks))
-    print(f"{'path':<28} {'fp32':>8} {'bf16':>8}")
-    paths = [("eager", eager, False), ("eager", eager, True)]
-    if not args.no_compile:
-        paths += [("compiled", fast, False), ("compiled", fast, True)]
-    for label, model, fused in paths:
-        rates = [
-            step_rate(model, batch, dtype, fused, args.steps * args.rounds)
-            for dtype in DTYPES.values()
-        ]
-        adam = "fused Adam" if fused else "default Adam"
-        print(f"{label + ' + ' + adam:<28} {rates[0]:8.1f} {rates[1]:8.1f}")
+            if (label, name) not in timings:
+                continue
+            rate = batch_size / timings[label, name]
+            of_square = rate / ceilings["square", name]
+            of_shapes = rate / ceilings["shapes", name]
+            if label == TRAINER_PATH:
+                fractions[name] = of_square
+            print(f"{label:<44} {name:>5} {rate:8.1f} {of_square:10.1%} {of_shapes:10.1%}")
+    trainer_rates = {name: batch_size / timings[TRAINER_PATH, name] for name in DTYPES}
     print(
-        f"  optimizer step alone: {adam_step_ms(eager, fused=False):.0f} ms default, "
-        f"{adam_step_ms(eager, fused=True):.0f} ms fused"
+        f"  bf16 / fp32 on the trainer's path: {trainer_rates['bf16'] / trainer_rates['fp32']:.2f}x"
     )
+
+    other_sizes = [size for size in args.batch_sizes if size != batch_size]
+    if other_sizes:
+        print("\nthe trainer's path at other batch sizes (ex/s, median step):")
+        print(f"{'batch':>6} {'fp32':>8} {'bf16':>8}")
+        for size in other_sizes:
+            other = synthetic_batch(spec, size, len(config.model.tasks))
+            rates = [
+                size
+                / statistics.median(
+                    step_times(paths[TRAINER_PATH], model, other, dtype, args.rounds * args.steps)
+                )
+                for dtype in DTYPES.values()
+            ]
+            print(f"{size:>6} {rates[0]:8.1f} {rates[1]:8.1f}")
 
     gap, fp32_losses, bf16_losses = loss_curves(config, spec, args.loss_steps)
-    print(f"\nloss curves, {args.loss_steps} steps at batch 512 from one initialisation:")
+    print(f"\nloss curves on the trainer's path, {args.loss_steps} steps at batch 512:")
     print(
         f"  fp32: {fp32_losses[0]:.4f} -> {fp32_losses[-1]:.4f}; "
         f"bf16: {bf16_losses[0]:.4f} -> {bf16_losses[-1]:.4f}"
     )
     print(f"  largest relative gap {gap:.2%} (tolerance {LOSS_TOLERANCE:.0%})")
+    print(f"\npeak RSS: {peak_rss_mib():,.0f} MiB; {load_average()}")
 
     print("\ntargets:")
-    speedup = results.get((512, "bf16"), 0.0) / max(results.get((512, "fp32"), 1.0), 1e-9)
-    checks = []
-    if 512 in args.batch_sizes:
-        checks += [
-            (
-                f"fp32 at batch 512 >= {TARGET_FRACTION:.0%} of the GEMM ceiling",
-                fp32_fraction >= TARGET_FRACTION,
-                f"{fp32_fraction:.1%}",
-            ),
-            (
-                f"bf16 autocast >= {TARGET_BF16_SPEEDUP}x fp32 at batch 512",
-                speedup >= TARGET_BF16_SPEEDUP,
-                f"{speedup:.2f}x",
-            ),
-        ]
+    checks = [
+        (
+            f"trainer's path, {name}, >= {TARGET_FRACTION:.0%} of the square {name} ceiling",
+            fractions[name] >= TARGET_FRACTION,
+            f"{fractions[name]:.1%}",
+        )
+        for name in DTYPES
+    ]
     checks.append(
         (
             f"bf16 loss curve within {LOSS_TOLERANCE:.0%} of fp32",
@@ -144,6 +155,92 @@ def main(argv: list[str] | None = None) -> int:
     for text, passed, figure in checks:
         print(f"  [{'met' if passed else 'MISSED'}] {text}: {figure}")
     return 0
+
+
+TRAINER_PATH = "trainer's: eager, bf16 weight copies, fused Adam"
+
+
+class StepPath:
+    """One way of running the step: how the model is prepared and which Adam it uses."""
+
+    def __init__(self, model: ModelAndLoss, *, fused: bool, copies: bool, dtypes: tuple[str, ...]):
+        self.model = model
+        self.fused = fused
+        self.copies = copies
+        self.dtypes = dtypes
+
+
+def build_paths(model: ModelAndLoss, compile_too: bool) -> dict[str, StepPath]:
+    paths = {
+        TRAINER_PATH: StepPath(model, fused=True, copies=True, dtypes=("fp32", "bf16")),
+        "plain autocast (no weight copies), fused Adam": StepPath(
+            model, fused=True, copies=False, dtypes=("bf16",)
+        ),
+        "trainer's, torch.optim.Adam default": StepPath(
+            model, fused=False, copies=True, dtypes=("fp32", "bf16")
+        ),
+    }
+    if compile_too:
+        compiled = copy.deepcopy(model)
+        compile_dense(compiled.model, dynamic=False)
+        paths["dense part compiled, fused Adam"] = StepPath(
+            compiled, fused=True, copies=False, dtypes=("fp32", "bf16")
+        )
+    return paths
+
+
+def step_times(
+    path: StepPath, initial: ModelAndLoss, batch: RecapBatch, dtype: torch.dtype | None, steps: int
+) -> list[float]:
+    """Seconds of each of ``steps`` steps after three of warm-up (compilation included), from
+    the path's model, whose weights are put back after."""
+    model = path.model
+    state = copy.deepcopy(model.state_dict())
+    optimizer, copies = make_optimizer_with_copies(
+        model, path.fused, path.copies and dtype is not None
+    )
+    try:
+        for _ in range(3):
+            train_step(model, optimizer, batch, dtype)
+        times = []
+        for _ in range(steps):
+            start = time.perf_counter()
+            train_step(model, optimizer, batch, dtype)
+            times.append(time.perf_counter() - start)
+    finally:
+        if copies is not None:
+            copies.remove()
+        model.load_state_dict(state)
+    return times
+
+
+def interleaved_timings(
+    paths: dict[str, StepPath], model: ModelAndLoss, batch: RecapBatch, rounds: int, steps: int
+) -> dict[tuple[str, str], float]:
+    """Median seconds per step of every (path, dtype), and of the square and shapes GEMM
+    ceilings (seconds the step's FLOPs would take), rounds interleaved."""
+    linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
+    shapes: dict[tuple[int, int], int] = {}
+    for linear in linears:
+        key = (linear.in_features, linear.out_features)
+        shapes[key] = shapes.get(key, 0) + 1
+    flops = 6 * multiply_accumulates(model) * batch.batch_size
+    samples: dict[tuple[str, str], list[float]] = {}
+    for _ in range(rounds):
+        for name, dtype in DTYPES.items():
+            torch_dtype = dtype or torch.float32
+            square = square_gemm_seconds(torch_dtype)
+            samples.setdefault(("square", name), []).append(square * flops / (2 * SQUARE**3))
+            shape_seconds = 0.0
+            for (fan_in, fan_out), count in shapes.items():
+                gemms = linear_gemms(batch.batch_size, fan_in, fan_out, torch_dtype)
+                shape_seconds += count * median_seconds(gemms, 3)
+            samples.setdefault(("shapes", name), []).append(shape_seconds)
+            for label, path in paths.items():
+                if name in path.dtypes:
+                    times = step_times(path, model, batch, dtype, steps)
+                    samples.setdefault((label, name), []).extend(times)
+    return {key: statistics.median(values) for key, values in samples.items()}
 
 
 def multiply_accumulates(model: nn.Module) -> int:
@@ -180,10 +277,23 @@ def synthetic_batch(spec: InputSpec, batch_size: int, tasks: int, seed: int = 0)
     return RecapBatch(inputs=inputs, labels=labels, weights=torch.ones(batch_size, tasks))
 
 
-def make_optimizer(model: nn.Module, fused: bool) -> torch.optim.Optimizer:
+def make_optimizer(model: nn.Module, fused: bool, lr: float = 1e-4) -> torch.optim.Optimizer:
     """Adam with the config's betas; ``fused=False`` is torch.optim.Adam's default path."""
     options = {"fused": True} if fused else {}
-    return torch.optim.Adam(model.parameters(), lr=1e-4, betas=(0.95, 0.999), eps=1e-7, **options)
+    return torch.optim.Adam(model.parameters(), lr=lr, betas=(0.95, 0.999), eps=1e-7, **options)
+
+
+def make_optimizer_with_copies(
+    model: nn.Module, fused: bool, copies: bool, lr: float = 1e-4
+) -> tuple[torch.optim.Optimizer, Bf16WeightCopies | None]:
+    """Adam, and with ``copies`` the Linear layers' bf16 weight copies refreshed after each of
+    its steps, as the trainer sets them up under bf16 autocast (``copies.remove()`` undoes)."""
+    optimizer = make_optimizer(model, fused, lr)
+    if not copies:
+        return optimizer, None
+    weight_copies = Bf16WeightCopies(model)
+    optimizer.register_step_post_hook(lambda *_: weight_copies.refresh())
+    return optimizer, weight_copies
 
 
 def train_step(
@@ -200,87 +310,49 @@ def train_step(
     return loss.item()
 
 
-def interleaved_rates(
-    model: ModelAndLoss, linears: list[nn.Linear], batch: RecapBatch, rounds: int, steps: int
-) -> tuple[dict[str, float], dict[str, float]]:
-    """Examples/s of forward + backward + fused Adam, and of the GEMM ceiling, per dtype.
-
-    Every timed step is followed by one timing of each of its GEMM shapes, and the dtypes
-    alternate, so load elsewhere hits steps and ceilings alike; each figure is the fastest seen
-    (GEMMs: per shape). Warm-up (three steps per dtype) includes any compilation. The weights
-    are restored after.
-    """
-    state = copy.deepcopy(model.state_dict())
-    optimizer = make_optimizer(model, fused=True)
-    for dtype in DTYPES.values():
-        for _ in range(3):
-            train_step(model, optimizer, batch, dtype)
-    shapes: dict[tuple[int, int], int] = {}
-    for linear in linears:
-        key = (linear.in_features, linear.out_features)
-        shapes[key] = shapes.get(key, 0) + 1
-    gemms = {
-        (name, shape): linear_gemms(batch.batch_size, *shape, dtype or torch.float32)
-        for name, dtype in DTYPES.items()
-        for shape in shapes
-    }
-    best_step = dict.fromkeys(DTYPES, float("inf"))
-    best_gemm = dict.fromkeys(gemms, float("inf"))
-    for _ in range(rounds * steps):
-        for name, dtype in DTYPES.items():
-            start = time.perf_counter()
-            train_step(model, optimizer, batch, dtype)
-            best_step[name] = min(best_step[name], time.perf_counter() - start)
-            for shape in shapes:
-                best_gemm[name, shape] = min(
-                    best_gemm[name, shape], fastest_seconds(gemms[name, shape], 1)
-                )
-    model.load_state_dict(state)
-    rates = {name: batch.batch_size / best_step[name] for name in DTYPES}
-    ceilings = {
-        name: batch.batch_size / sum(count * best_gemm[name, s] for s, count in shapes.items())
-        for name in DTYPES
-    }
-    return rates, ceilings
-
-
-def step_rate(
-    model: ModelAndLoss,
-    batch: RecapBatch,
-    dtype: torch.dtype | None,
-    fused: bool,
-    steps: int,
-    summary: Callable[[list[float]], float] = min,
-) -> float:
-    """Examples/s of forward + backward + Adam over ``steps`` after warm-up (which includes any
-    compilation), from the ``summary`` of the step times: the fastest by default, the median
-    for a steady state. Restores the weights after, so every run starts alike."""
-    state = copy.deepcopy(model.state_dict())
-    optimizer = make_optimizer(model, fused)
-    for _ in range(3):
-        train_step(model, optimizer, batch, dtype)
-    times = []
-    for _ in range(steps):
-        start = time.perf_counter()
-        train_step(model, optimizer, batch, dtype)
-        times.append(time.perf_counter() - start)
-    model.load_state_dict(state)
-    return batch.batch_size / summary(times)
-
-
-def fastest_seconds(function: Callable[[], object], repeats: int) -> float:
+def median_seconds(function: Callable[[], object], repeats: int) -> float:
     function()
     times = []
     for _ in range(repeats):
         start = time.perf_counter()
         function()
         times.append(time.perf_counter() - start)
-    return min(times)
+    return statistics.median(times)
 
 
-def square_gemm_gflops(dtype: torch.dtype, size: int = 2048) -> float:
-    a, b = torch.randn(size, size, dtype=dtype), torch.randn(size, size, dtype=dtype)
-    return 2 * size**3 / fastest_seconds(lambda: a @ b, 5) / 1e9
+def square_gemm_seconds(dtype: torch.dtype) -> float:
+    """Median seconds of one SQUARE^3 GEMM."""
+    a, b = torch.randn(SQUARE, SQUARE, dtype=dtype), torch.randn(SQUARE, SQUARE, dtype=dtype)
+    return median_seconds(lambda: a @ b, 5)
+
+
+def describe_machine() -> str:
+    cpu = "unknown CPU"
+    try:
+        with open("/proc/cpuinfo") as cpuinfo:
+            cpu = next(
+                line.split(":", 1)[1].strip() for line in cpuinfo if line.startswith("model name")
+            )
+    except (OSError, StopIteration):
+        pass
+    return (
+        f"machine: {cpu}, {os.cpu_count()} cores, {torch.get_num_threads()} threads, "
+        f"torch {torch.__version__}; {load_average()}"
+    )
+
+
+def load_average() -> str:
+    try:
+        one, five, fifteen = os.getloadavg()
+    except OSError:
+        return "load average unknown"
+    return f"load average {one:.2f} {five:.2f} {fifteen:.2f} (1, 5, 15 min)"
+
+
+def peak_rss_mib(children: bool = False) -> float:
+    """Peak resident memory of this process (or of its largest finished child), in MiB."""
+    who = resource.RUSAGE_CHILDREN if children else resource.RUSAGE_SELF
+    return resource.getrusage(who).ru_maxrss / 1024  # Linux reports KiB
 
 
 def linear_gemms(
@@ -300,25 +372,18 @@ def linear_gemms(
     return gemms
 
 
-def adam_step_ms(model: nn.Module, fused: bool) -> float:
-    parameters = [p.detach().clone().requires_grad_() for p in model.parameters()]
-    for parameter in parameters:
-        parameter.grad = torch.randn_like(parameter)
-    optimizer = torch.optim.Adam(parameters, lr=1e-4, **({"fused": True} if fused else {}))
-    return 1000 * fastest_seconds(optimizer.step, 5)
-
-
 def loss_curves(
     config: RecapConfig, spec: InputSpec, steps: int
 ) -> tuple[float, list[float], list[float]]:
-    """fp32 and bf16-autocast losses from one initialisation on the same batches (eager, fused
-    Adam, lr 3e-4), and the largest relative gap between them."""
+    """fp32 and bf16 losses on the trainer's path (bf16: the Linear layers' weight copies) from
+    one initialisation on the same batches (eager, fused Adam, lr 3e-4), and the largest
+    relative gap between them."""
     torch.manual_seed(0)
     initial = build_model_and_loss(config.model, spec)
     curves = []
     for dtype in DTYPES.values():
         model = copy.deepcopy(initial)
-        optimizer = torch.optim.Adam(model.parameters(), lr=3e-4, fused=True)
+        optimizer, _ = make_optimizer_with_copies(model, True, dtype is not None, lr=3e-4)
         torch.manual_seed(1)  # the same dropout masks in both runs
         curves.append(
             [

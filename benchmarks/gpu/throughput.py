@@ -251,7 +251,9 @@ def trainer(
                 run_dir = scratch / f"b{batch_size}"
                 run_dir.mkdir(exist_ok=True)
                 dtype = "bf16" if name == "bf16" else "fp32"
-                rate = end_to_end(1, dtype, batch_size, args.trainer_steps, data_dir, run_dir)
+                rate = end_to_end(
+                    1, dtype, batch_size, args.trainer_steps, data_dir, run_dir
+                ).examples_per_second
                 alone = rates.get(("eager", batch_size, name))
                 share = f"{rate / alone:14.2f}" if alone else f"{'-':>14}"
                 mfu = rate * flops_per_example / peak
