@@ -145,6 +145,64 @@ def test_local_prod_reads_converted_data(tmp_path: Path, monkeypatch):
     assert batch.labels.shape[1] == len(config.model.tasks)
 
 
+@pytest.mark.slow
+def test_local_prod_yaml_trains_on_converted_data_with_only_its_input_glob_overridden(
+    tmp_path: Path,
+):
+    """The original's production config, unchanged but for its input glob, trains and evaluates
+    on TensorFlow-written records through both real commands (converter, then torchrun).
+
+    For CPU cost the job also runs 2 train steps instead of 1000 (the 35 fixture rows fit one
+    eval batch, so its 16 eval steps are cheap); its save_dir stays the config's own, under
+    ``$TML_RUN_DIR``. The one ``train_data.inputs`` override also moves the 11 validation
+    partitions, which read the same anchored glob in the file.
+    """
+    config_path = REPO / "projects/home/recap/config/local_prod.yaml"
+    config = load_config_from_yaml(RecapConfig, str(config_path))
+    out = tmp_path / "converted"
+    run_dir = tmp_path / "run"
+    environment = {
+        **os.environ,
+        "PYTHONPATH": str(REPO),
+        "TML_BASE": str(REPO),
+        "TML_RUN_DIR": str(run_dir),
+        "OMP_NUM_THREADS": "1",
+        "CUDA_VISIBLE_DEVICES": "",
+    }
+    commands = [
+        [
+            sys.executable, "-m", "projects.home.recap.tools.convert_tfrecords",
+            str(copy_fixtures(tmp_path)), "--output_dir", str(out), "--config_path",
+            str(config_path), "--num_workers", "1", "--no_progress",
+        ],
+        [
+            sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node",
+            "1", "-m", "projects.home.recap.main", "--config_path", str(config_path),
+            f"train_data.inputs={out}/*.parquet", "training.num_train_steps=2",
+        ],
+    ]  # fmt: skip
+    for command in commands:
+        result = subprocess.run(
+            command, cwd=REPO, env=environment, capture_output=True, text=True, timeout=300
+        )
+        assert result.returncode == 0, f"{command[2]}:\n{result.stderr[-4000:]}"
+
+    save_dir = run_dir / "local_prod" / "model"
+    trained = [json.loads(line) for line in (save_dir / "train.jsonl").read_text().splitlines()]
+    assert trained[-1]["step"] == 2 and np.isfinite(trained[-1]["loss"])
+    evaluated = [json.loads(line) for line in (save_dir / "eval.jsonl").read_text().splitlines()]
+    examples = {
+        key.removesuffix("/examples"): record[key]
+        for record in evaluated
+        for key in record
+        if key.endswith("/examples")
+    }
+    # Every partition read all 35 converted records: none looked at the config's own glob.
+    assert examples == {partition: 35 for partition in config.validation_data}
+    assert not (run_dir / "local_prod" / "data").exists()
+    assert (save_dir / "checkpoints" / "step_2").is_dir()
+
+
 def test_date_folder_layout_is_kept(tmp_path: Path):
     root = tmp_path / "root"
     for day in ("2023/04/01", "2023/04/02"):
