@@ -23,6 +23,7 @@ from collections.abc import Callable, Iterable, Iterator
 from typing import BinaryIO
 
 import google_crc32c
+from isal import isal_zlib
 
 from tml.core.errors import UserInputError
 
@@ -33,6 +34,7 @@ _MASK_DELTA = 0xA282EAD8
 # Decompressed bytes read at a time: large enough that per-read overhead vanishes, small enough
 # that memory stays bounded whatever the file size.
 _CHUNK = 4 << 20
+_COMPRESSED_CHUNK = 1 << 20
 
 
 class TFRecordError(UserInputError):
@@ -89,38 +91,70 @@ def detect_compression(path: str) -> str:
     return "none"
 
 
-class _ZlibReader:
-    """A readable stream over a zlib-compressed file (TFRecord's ``ZLIB`` option)."""
+class _InflatingReader:
+    """The decompressed bytes of a gzip (one or more members, as ``cat a.gz b.gz`` makes) or
+    zlib file, at most ``size`` bytes per read whatever the compression ratio.
 
-    def __init__(self, raw: BinaryIO):
+    Inflation is ISA-L's (``isal``), ~2.5x zlib's speed: on the full 2022 schema it was a
+    quarter of the converter's time. Checksums of the compressed format are verified by it.
+    """
+
+    def __init__(self, raw: BinaryIO, gzip_format: bool):
         self._raw = raw
-        self._inflate = zlib.decompressobj()
-        self._pending = b""
+        self._gzip = gzip_format
+        self._wbits = 31 if gzip_format else 15
+        self._inflate = isal_zlib.decompressobj(self._wbits)
+        self._input = b""
 
     def read(self, size: int) -> bytes:
-        while len(self._pending) < size and not self._inflate.eof:
-            compressed = self._raw.read(_CHUNK)
-            if not compressed:
-                raise EOFError("compressed file ended before the end-of-stream marker")
-            self._pending += self._inflate.decompress(compressed)
-        data, self._pending = self._pending[:size], self._pending[size:]
-        return data
+        while True:
+            if self._inflate.eof and not self._next_member():
+                return b""
+            if not self._input:
+                self._input = self._raw.read(_COMPRESSED_CHUNK)
+                if not self._input:
+                    raise EOFError("compressed file ended before the end-of-stream marker")
+            data = self._inflate.decompress(self._input, size)
+            self._input = self._inflate.unconsumed_tail
+            if data:
+                return data
+
+    def _next_member(self) -> bool:
+        """Starts on the gzip member after the one that ended; False at the end of the file."""
+        if not self._gzip:
+            return False  # zlib has one stream; TensorFlow ignores what follows it too
+        rest = self._inflate.unused_data
+        while True:
+            # gzip allows zero padding after a member (GNU gzip and Python's module skip it).
+            rest = rest.lstrip(b"\x00")
+            if len(rest) >= 2:
+                break
+            more = self._raw.read(_COMPRESSED_CHUNK)
+            if not more:
+                if rest:
+                    raise EOFError("compressed file ended inside a gzip member header")
+                return False
+            rest += more
+        if rest[:2] != b"\x1f\x8b":
+            raise gzip.BadGzipFile(f"data after a gzip member is not gzip: {rest[:8]!r}")
+        self._inflate = isal_zlib.decompressobj(self._wbits)
+        self._input = rest
+        return True
 
     def close(self) -> None:
         self._raw.close()
 
 
 def open_stream(path: str, compression: str = "auto") -> BinaryIO:
-    """The decompressed byte stream of a TFRecord file."""
+    """The decompressed byte stream of a TFRecord file (reads may return fewer bytes than
+    asked; an empty read is the end)."""
     if compression not in COMPRESSIONS:
         raise ValueError(f"compression must be one of {COMPRESSIONS}, got {compression!r}")
     if compression == "auto":
         compression = detect_compression(path)
     raw = open(path, "rb")  # noqa: SIM115 - returned to the caller, who closes it.
-    if compression == "gzip":
-        return gzip.GzipFile(fileobj=raw, mode="rb")  # type: ignore[return-value]
-    if compression == "zlib":
-        return _ZlibReader(raw)  # type: ignore[return-value]
+    if compression in ("gzip", "zlib"):
+        return _InflatingReader(raw, gzip_format=compression == "gzip")  # type: ignore[return-value]
     return raw
 
 
@@ -161,7 +195,7 @@ def iter_records(
                     return
                 continue
             yield index, data
-    except (OSError, EOFError, zlib.error) as error:
+    except (OSError, EOFError, isal_zlib.error) as error:
         # gzip and zlib fail mid-stream on a flipped or missing byte; nothing after it can be
         # trusted.
         kind = "truncated" if isinstance(error, EOFError) else "corrupt"
