@@ -6,7 +6,8 @@ A TFRecord file is a sequence of records, each::
     uint64 length (little endian) | uint32 masked CRC32-C of those 8 bytes
     data (length bytes)           | uint32 masked CRC32-C of the data
 
-optionally inside one gzip (or zlib) stream. Both checksums are verified: a flipped bit in a
+optionally inside one gzip (or zlib) stream; the file may be local or an object-store URL
+(``tml.storage``). Both checksums are verified: a flipped bit in a
 copied file must not turn into a silently wrong training example. Errors name the file and the
 index of the record, and say whether reading can go on at the next record (a bad data checksum
 under a good length checksum) or the rest of the file is lost (a bad length, a truncated file,
@@ -26,6 +27,7 @@ import google_crc32c
 from isal import isal_zlib
 
 from tml.core.errors import UserInputError
+from tml.storage import filesystem, is_url, storage_errors
 
 COMPRESSIONS = ("auto", "gzip", "zlib", "none")
 _HEADER = struct.Struct("<QI")
@@ -77,10 +79,34 @@ def _plain_header_valid(head: bytes) -> bool:
     return masked_crc32c(head[:8]) == crc
 
 
+def open_raw(path: str) -> BinaryIO:
+    """The file's bytes as stored, local or on an object store (read sequentially, so the
+    store's read-ahead serves them in large ranged reads).
+
+    Raises:
+        StorageError: no such bucket, or access denied.
+        FileNotFoundError: naming the path.
+    """
+    if not is_url(path):
+        return open(path, "rb")
+    fs, inner = filesystem(path)
+    with storage_errors(path):
+        return fs.open(inner, "rb")
+
+
+def file_size(path: str) -> int:
+    """Size in bytes of a local file or stored object."""
+    if not is_url(path):
+        return os.path.getsize(path)
+    fs, inner = filesystem(path)
+    with storage_errors(path):
+        return int(fs.size(inner))
+
+
 def detect_compression(path: str) -> str:
     """``gzip``, ``zlib`` or ``none``, from the file's first bytes (not its name: TFRecord
     files are named every which way)."""
-    with open(path, "rb") as file:
+    with open_raw(path) as file:
         head = file.read(_HEADER.size)
     if head[:2] == b"\x1f\x8b":
         return "gzip"
@@ -152,7 +178,7 @@ def open_stream(path: str, compression: str = "auto") -> BinaryIO:
         raise ValueError(f"compression must be one of {COMPRESSIONS}, got {compression!r}")
     if compression == "auto":
         compression = detect_compression(path)
-    raw = open(path, "rb")  # noqa: SIM115 - returned to the caller, who closes it.
+    raw = open_raw(path)
     if compression in ("gzip", "zlib"):
         return _InflatingReader(raw, gzip_format=compression == "gzip")  # type: ignore[return-value]
     return raw
@@ -179,7 +205,7 @@ def iter_records(
         TFRecordError: naming the file and the record: a checksum mismatch, a truncated file, a
             broken compressed stream, or a file without any record.
     """
-    if os.path.getsize(path) == 0:
+    if file_size(path) == 0:
         _report(
             TFRecordError(path, 0, "the file is empty (0 bytes)", recoverable=False), on_corrupt
         )
