@@ -17,6 +17,7 @@ dotted path of the offending field.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import difflib
 import getpass
@@ -86,7 +87,10 @@ def load_config_from_yaml(
         raise ConfigError(f"{source}: the top level must be a mapping of fields")
     variables = {**default_variables(), **os.environ}
     data = _substitute(raw, variables, source, ())
-    applied = [apply_override(data, override, config_type, variables) for override in overrides]
+    applied = [
+        (*apply_override(data, override, config_type, variables), override)
+        for override in overrides
+    ]
     if applied:
         _follow_aliases(data, applied, _aliased_paths(text))
     return validate_config(config_type, data, source)
@@ -218,25 +222,39 @@ def _mapping_items(node: yaml.MappingNode, loader: yaml.SafeLoader) -> list[tupl
 
 def _follow_aliases(
     data: dict[str, Any],
-    applied: list[tuple[KeyPath, Any]],
+    applied: list[tuple[KeyPath, Any, str]],
     shared: dict[KeyPath, list[KeyPath]],
 ) -> None:
     """Copies each override to the fields that alias what it set (or a mapping around it),
-    leaving fields that an override names itself, or lies inside, to that override."""
-    explicit = [path for path, _ in applied]
+    leaving fields that an override names itself, or lies inside, to that override.
+
+    Raises:
+        ConfigError: when an override's field no longer exists because another override of
+            the same anchored value replaced what held it (``a.list.3=...`` after the list
+            became shorter through an alias).
+    """
+    explicit = [path for path, _, _ in applied]
 
     def named(path: KeyPath) -> bool:
         return any(path[: len(other)] == other for other in explicit)
 
-    for path, value in applied:
+    for path, value, _ in applied:
         for length in range(len(path), 0, -1):
             for other in shared.get(path[:length], ()):
                 target = (*other, *path[length:])
+                # An alias that another override reshaped may lack the field: nothing to copy.
                 if not named(target):
-                    _set_path(data, target, copy.deepcopy(value))
+                    with contextlib.suppress(LookupError, TypeError):
+                        _set_path(data, target, copy.deepcopy(value))
     # An alias copied over a whole mapping may have covered a field set inside it: set again.
-    for path, value in applied:
-        _set_path(data, path, copy.deepcopy(value))
+    for path, value, override in applied:
+        try:
+            _set_path(data, path, copy.deepcopy(value))
+        except (LookupError, TypeError):
+            raise ConfigError(
+                f"override '{override}': {_dotted(list(path))} no longer exists after another "
+                "override of the same anchored value"
+            ) from None
 
 
 def _set_path(data: Any, path: KeyPath, value: Any) -> None:

@@ -104,6 +104,14 @@ def test_a_field_an_override_names_keeps_its_value_in_any_order(tmp_path):
     assert config.towers["c.d"].sizes == [7]
 
 
+def test_overrides_that_reshape_one_anchored_value_twice_are_one_line(tmp_path):
+    path = write(tmp_path, ALIASED.replace("layers: [{sizes: *steps}]", ""))
+    with pytest.raises(
+        ConfigError, match=r"override 'towers.c.d.sizes.1=9': towers.c.d.sizes\[1\] no longer"
+    ):
+        load_config_from_yaml(Outer, path, ["inner.sizes=[1]", "towers.c.d.sizes.1=9"])
+
+
 def test_values_that_are_only_equal_are_not_aliases(tmp_path):
     path = write(tmp_path, "inner: {sizes: [3], rate: 0.5}\ntowers: {a: {sizes: [3], rate: 0.5}}\n")
     config = load_config_from_yaml(Outer, path, ["inner.sizes=[7]", "inner.rate=0.1"])
