@@ -405,6 +405,15 @@ def test_inputs_and_output_on_a_bucket(tmp_path: Path, capsys, s3_bucket: str):
     for name in names:
         assert fs.cat_file(f"{glob_out}/2023/04/01/{name}") == (local / name).read_bytes()
 
+    # One object, named as a file is.
+    single = f"{s3_bucket}/raw/2023/04/01/part-00001.tfrecord"
+    assert run(single, "--output_dir", f"{s3_bucket}/single", "--schema_path", SCHEMA_2022) == 0
+    capsys.readouterr()
+    assert (
+        fs.cat_file(f"{s3_bucket}/single/part-00001.parquet")
+        == (local / "part-00001.parquet").read_bytes()
+    )
+
     # A corrupt input leaves no object behind, and the message names the URL and record.
     plain = (FIXTURES / "part-00001.tfrecord").read_bytes()
     fs.pipe_file(f"{s3_bucket}/bad/cut.tfrecord".removeprefix("s3://"), plain[:-30])
