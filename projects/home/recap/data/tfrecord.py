@@ -37,6 +37,8 @@ _MASK_DELTA = 0xA282EAD8
 # that memory stays bounded whatever the file size.
 _CHUNK = 4 << 20
 _COMPRESSED_CHUNK = 1 << 20
+# Bytes fetched per ranged read of a stored object: few requests, bounded memory per worker.
+_REMOTE_BLOCK = 16 << 20
 
 
 class TFRecordError(UserInputError):
@@ -91,7 +93,7 @@ def open_raw(path: str) -> BinaryIO:
         return open(path, "rb")
     fs, inner = filesystem(path)
     with storage_errors(path):
-        return fs.open(inner, "rb")
+        return fs.open(inner, "rb", block_size=_REMOTE_BLOCK, cache_type="readahead")
 
 
 def file_size(path: str) -> int:
@@ -106,8 +108,14 @@ def file_size(path: str) -> int:
 def detect_compression(path: str) -> str:
     """``gzip``, ``zlib`` or ``none``, from the file's first bytes (not its name: TFRecord
     files are named every which way)."""
-    with open_raw(path) as file:
-        head = file.read(_HEADER.size)
+    if is_url(path):
+        # One small ranged read, not a read-ahead block of the file.
+        fs, inner = filesystem(path)
+        with storage_errors(path):
+            head = fs.cat_file(inner, start=0, end=_HEADER.size)
+    else:
+        with open(path, "rb") as file:
+            head = file.read(_HEADER.size)
     if head[:2] == b"\x1f\x8b":
         return "gzip"
     # A plain file whose first length happens to look like a zlib header still has a valid
