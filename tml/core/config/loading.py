@@ -6,12 +6,19 @@ dollar. ``$USER`` always resolves, and
 ``$TML_BASE`` defaults to the directory holding the installed ``tml`` package, so configs written
 for the original monorepo (``${TML_BASE}/projects/home/recap/...``) load unchanged.
 
+An override of a value the file writes once under an anchor changes it wherever the file refers
+to it: ``train_data.inputs=...`` on a config whose validation partitions read ``*data_root``
+moves them all, as editing the anchor in the file would. A field that an override names itself
+keeps that override's value.
+
 Every failure is a :class:`ConfigError` whose message is a single line naming the file and the
 dotted path of the offending field.
 """
 
 from __future__ import annotations
 
+import contextlib
+import copy
 import difflib
 import getpass
 import os
@@ -80,8 +87,12 @@ def load_config_from_yaml(
         raise ConfigError(f"{source}: the top level must be a mapping of fields")
     variables = {**default_variables(), **os.environ}
     data = _substitute(raw, variables, source, ())
-    for override in overrides:
-        apply_override(data, override, config_type, variables)
+    applied = [
+        (*apply_override(data, override, config_type, variables), override)
+        for override in overrides
+    ]
+    if applied:
+        _follow_aliases(data, applied, _aliased_paths(text))
     return validate_config(config_type, data, source)
 
 
@@ -98,7 +109,7 @@ def apply_override(
     override: str,
     config_type: type[BaseConfig] | None = None,
     variables: Mapping[str, str] | None = None,
-) -> None:
+) -> tuple[tuple[Any, ...], Any]:
     """Sets ``dotted.path=value`` in nested config data, in place.
 
     Keys may themselves contain dots (task names such as ``recap.engagement.is_favorited``). At
@@ -112,6 +123,9 @@ def apply_override(
         override: ``dotted.path=value``; the value is parsed as YAML.
         config_type: The schema of ``data``, used to split new dotted keys.
         variables: Environment variables substituted into the value.
+
+    Returns:
+        The path of keys and list indices that was set, and the value set there.
     """
     dotted, separator, text = override.partition("=")
     if not separator or not dotted:
@@ -141,7 +155,8 @@ def apply_override(
                     f"override '{override}': {_dotted(walked) or 'the top level'} has no item "
                     f"{index_text}"
                 )
-            key: Any = int(index_text)
+            # Counted from the front, as the file's own paths are (for following aliases).
+            key: Any = int(index_text) % len(node)
             schema = _value_type(schema)
         elif isinstance(node, dict):
             key = _override_key(node, segments, schema)
@@ -152,10 +167,103 @@ def apply_override(
         walked.append(key)
         if not segments:
             node[key] = value
+            return tuple(walked), value
+        if isinstance(node, dict) and node.get(key) is None:
+            node[key] = {}
+        node = node[key]
+    raise AssertionError("unreachable: a non-empty dotted path always reaches a value")
+
+
+KeyPath = tuple[Any, ...]
+
+
+def _aliased_paths(text: str) -> dict[KeyPath, list[KeyPath]]:
+    """Path -> the other paths holding the same YAML node, for every node the file reaches by
+    more than one path (an anchor and its aliases, also through ``<<`` merge keys)."""
+    root = yaml.compose(text, Loader=yaml.SafeLoader)
+    loader = yaml.SafeLoader("")
+    paths_by_node: dict[int, list[KeyPath]] = {}
+
+    def visit(node: yaml.Node, path: KeyPath) -> None:
+        paths_by_node.setdefault(id(node), []).append(path)
+        if isinstance(node, yaml.SequenceNode):
+            for index, item in enumerate(node.value):
+                visit(item, (*path, index))
+        elif isinstance(node, yaml.MappingNode):
+            for key, value in _mapping_items(node, loader):
+                visit(value, (*path, key))
+
+    if root is not None:
+        visit(root, ())
+    shared: dict[KeyPath, list[KeyPath]] = {}
+    for paths in paths_by_node.values():
+        for path in paths if len(paths) > 1 else ():
+            shared[path] = [other for other in paths if other != path]
+    return shared
+
+
+def _mapping_items(node: yaml.MappingNode, loader: yaml.SafeLoader) -> list[tuple[Any, Any]]:
+    """A mapping's (key, value node) pairs as the loader resolves them: keys written in the
+    mapping win over merged ones, and an earlier merged mapping over a later one."""
+    items: dict[Any, yaml.Node] = {}
+    merged: list[yaml.Node] = []
+    for key_node, value_node in node.value:
+        if key_node.tag == "tag:yaml.org,2002:merge":
+            merged.extend(
+                value_node.value if isinstance(value_node, yaml.SequenceNode) else [value_node]
+            )
         else:
-            if isinstance(node, dict) and node.get(key) is None:
-                node[key] = {}
-            node = node[key]
+            items[loader.construct_object(key_node, deep=True)] = value_node
+    for source in merged:
+        for key, value_node in _mapping_items(source, loader):
+            items.setdefault(key, value_node)
+    return list(items.items())
+
+
+def _follow_aliases(
+    data: dict[str, Any],
+    applied: list[tuple[KeyPath, Any, str]],
+    shared: dict[KeyPath, list[KeyPath]],
+) -> None:
+    """Copies each override to the fields that alias what it set (or a mapping around it),
+    leaving fields that an override names itself, or lies inside, to that override.
+
+    Raises:
+        ConfigError: when an override's field no longer exists because another override of
+            the same anchored value replaced what held it (``a.list.3=...`` after the list
+            became shorter through an alias).
+    """
+    explicit = [path for path, _, _ in applied]
+
+    def named(path: KeyPath) -> bool:
+        return any(path[: len(other)] == other for other in explicit)
+
+    for path, value, _ in applied:
+        for length in range(len(path), 0, -1):
+            for other in shared.get(path[:length], ()):
+                target = (*other, *path[length:])
+                # An alias that another override reshaped may lack the field: nothing to copy.
+                if not named(target):
+                    with contextlib.suppress(LookupError, TypeError):
+                        _set_path(data, target, copy.deepcopy(value))
+    # An alias copied over a whole mapping may have covered a field set inside it: set again.
+    for path, value, override in applied:
+        try:
+            _set_path(data, path, copy.deepcopy(value))
+        except (LookupError, TypeError):
+            raise ConfigError(
+                f"override '{override}': {_dotted(list(path))} no longer exists after another "
+                "override of the same anchored value"
+            ) from None
+
+
+def _set_path(data: Any, path: KeyPath, value: Any) -> None:
+    node = data
+    for key in path[:-1]:
+        if isinstance(node, dict) and node.get(key) is None:
+            node[key] = {}
+        node = node[key]
+    node[path[-1]] = value
 
 
 def format_validation_error(config_type: type[BaseConfig], error: pydantic.ValidationError) -> str:

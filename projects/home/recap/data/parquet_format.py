@@ -22,7 +22,7 @@ import dataclasses
 import itertools
 import json
 from collections.abc import Iterator, Mapping, Sequence
-from typing import Any
+from typing import IO, Any
 
 import numpy as np
 import pyarrow as pa
@@ -166,7 +166,10 @@ class SegDenseWriter:
     sequence of per-row lists for variable-length ones, a sequence of ``bytes`` for bytes.
     """
 
-    def __init__(self, path: str, schema: SegDenseSchema, options: WriteOptions = WriteOptions()):
+    def __init__(
+        self, path: str | IO[bytes], schema: SegDenseSchema, options: WriteOptions = WriteOptions()
+    ):
+        # A path, or an open binary file (the converter's upload to an object store).
         self.path = path
         self.schema = schema
         self.options = options

@@ -7,12 +7,13 @@ Two decoders, one meaning:
   layout of TensorFlow's ``example.proto`` and ``feature.proto``; it has not changed since
   2016). It accepts every valid encoding and is the reference: ``--verify`` and the inspection
   command use it.
-* :class:`ExampleColumns` reads the encoding every TensorFlow writer produces (one map entry
-  per feature, key before value, values packed) straight from the bytes: floats are already
-  little-endian float32 and are never turned into Python objects, and the varints of a whole
-  batch are decoded at once with numpy. That is ~10x faster than building protobuf objects and
-  reading their repeated fields. A record in any other valid encoding (unpacked values, fields
-  out of order) goes through :func:`parse_example` instead, so both give the same values.
+* :class:`ExampleColumns` parses with a second descriptor of the same messages in which the
+  packed numeric lists are declared ``bytes``: on the wire a packed list *is* one
+  length-delimited field, so protobuf's C parser (upb) hands each list over as one bytes object
+  and no value ever becomes a Python object. Floats are already little-endian float32; the
+  varints of a whole batch are decoded at once with numpy. A record that does not re-encode to
+  its own size under that descriptor (unpacked values, a list or message in several pieces)
+  goes through :func:`parse_example` instead, so both give the same values.
 
 Features the schema lists but a record lacks get the original's defaults (it parsed every
 feature as a ``FixedLenFeature`` with default 0, 0.0 or b""; variable-length ones as empty), and
@@ -22,7 +23,7 @@ are counted. Features a record holds beyond the schema are ignored, as the origi
 from __future__ import annotations
 
 import collections
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import numpy as np
@@ -38,9 +39,6 @@ from tml.core.errors import UserInputError
 
 # Field numbers of Feature's one-of, by kind (tensorflow/core/example/feature.proto).
 _KIND_FIELDS = {FeatureDtype.BYTES_LIST: 1, FeatureDtype.FLOAT_LIST: 2, FeatureDtype.INT64_LIST: 3}
-_KIND_BY_TAG = {(number << 3) | 2: kind for kind, number in _KIND_FIELDS.items()}
-_LEN_FIELD_1 = 0x0A  # field 1, length-delimited
-_LEN_FIELD_2 = 0x12
 _CONTINUATION_BYTES = bytes(range(0x80, 0x100))
 _DEFAULTS: dict[FeatureDtype, Any] = {
     FeatureDtype.INT64_LIST: 0,
@@ -53,17 +51,28 @@ class ExampleError(UserInputError):
     """A record is not a valid tf.Example for the schema; the message says which feature."""
 
 
-def _build_example_class() -> type[message.Message]:
-    """tf.Example as a protobuf class, from a descriptor written out field by field."""
+def _build_example_class(packed_as_bytes: bool = False) -> type[message.Message]:
+    """tf.Example as a protobuf class, from a descriptor written out field by field.
+
+    Args:
+        packed_as_bytes: Declare FloatList and Int64List's values as one ``bytes`` field, which
+            reads their packed encoding as the raw payload (and refuses other encodings).
+    """
     field = descriptor_pb2.FieldDescriptorProto
+    package = "tml_raw" if packed_as_bytes else "tensorflow"
     proto = descriptor_pb2.FileDescriptorProto(
-        name="tml/tf_example.proto", package="tensorflow", syntax="proto3"
+        name=f"tml/{package}_example.proto", package=package, syntax="proto3"
     )
     for name, value_type in (
         ("BytesList", field.TYPE_BYTES),
         ("FloatList", field.TYPE_FLOAT),
         ("Int64List", field.TYPE_INT64),
     ):
+        if packed_as_bytes and value_type != field.TYPE_BYTES:
+            proto.message_type.add(name=name).field.add(
+                name="value", number=1, type=field.TYPE_BYTES, label=field.LABEL_OPTIONAL
+            )
+            continue
         values = proto.message_type.add(name=name).field.add(
             name="value", number=1, type=value_type, label=field.LABEL_REPEATED
         )
@@ -78,7 +87,7 @@ def _build_example_class() -> type[message.Message]:
             number=number,
             type=field.TYPE_MESSAGE,
             label=field.LABEL_OPTIONAL,
-            type_name=f".tensorflow.{list_type}",
+            type_name=f".{package}.{list_type}",
             oneof_index=0,
         )
     features = proto.message_type.add(name="Features")
@@ -90,29 +99,30 @@ def _build_example_class() -> type[message.Message]:
         number=2,
         type=field.TYPE_MESSAGE,
         label=field.LABEL_OPTIONAL,
-        type_name=".tensorflow.Feature",
+        type_name=f".{package}.Feature",
     )
     features.field.add(
         name="feature",
         number=1,
         type=field.TYPE_MESSAGE,
         label=field.LABEL_REPEATED,
-        type_name=".tensorflow.Features.FeatureEntry",
+        type_name=f".{package}.Features.FeatureEntry",
     )
     proto.message_type.add(name="Example").field.add(
         name="features",
         number=1,
         type=field.TYPE_MESSAGE,
         label=field.LABEL_OPTIONAL,
-        type_name=".tensorflow.Features",
+        type_name=f".{package}.Features",
     )
     # A private pool: TensorFlow's own classes, if loaded in the same process, keep theirs.
     pool = descriptor_pool.DescriptorPool()
     pool.Add(proto)
-    return message_factory.GetMessageClass(pool.FindMessageTypeByName("tensorflow.Example"))
+    return message_factory.GetMessageClass(pool.FindMessageTypeByName(f"{package}.Example"))
 
 
 Example = _build_example_class()
+_RawExample = _build_example_class(packed_as_bytes=True)
 
 Values = np.ndarray | list[bytes]
 
@@ -163,110 +173,6 @@ def _numpy_dtype(dtype: FeatureDtype) -> np.dtype:
     return np.dtype(np.float32) if dtype == FeatureDtype.FLOAT_LIST else np.dtype(np.int64)
 
 
-def _varint(data: bytes, position: int) -> tuple[int, int]:
-    byte = data[position]
-    if byte < 0x80:
-        return byte, position + 1
-    result = byte & 0x7F
-    shift = 7
-    while True:
-        position += 1
-        byte = data[position]
-        result |= (byte & 0x7F) << shift
-        if byte < 0x80:
-            return result, position + 1
-        shift += 7
-        if shift > 63:
-            raise IndexError("varint longer than 10 bytes")
-
-
-def _fast_features(data: bytes, wanted: Mapping[bytes, int]) -> dict[int, Any] | None:
-    """The wanted features of a record in TensorFlow's canonical encoding: feature index ->
-    (kind, packed payload) or None for a Feature without kind; None for any other encoding.
-
-    This loop runs once per feature of every record, so one-byte varints (keys, short lists)
-    are decoded inline rather than through a call.
-    """
-    found: dict[int, Any] = {}
-    end_all = len(data)
-    position = 0
-    try:
-        while position < end_all:
-            if data[position] != _LEN_FIELD_1:
-                return None
-            length, position = _varint(data, position + 1)
-            end = position + length
-            if end > end_all:
-                return None
-            while position < end:
-                if data[position] != _LEN_FIELD_1:
-                    return None
-                length = data[position + 1]
-                if length < 0x80:
-                    position += 2
-                else:
-                    length, position = _varint(data, position + 1)
-                entry_end = position + length
-                if data[position] != _LEN_FIELD_1:
-                    return None
-                length = data[position + 1]
-                if length < 0x80:
-                    position += 2
-                else:
-                    length, position = _varint(data, position + 1)
-                index = wanted.get(data[position : position + length])
-                position += length
-                if index is None:
-                    position = entry_end
-                    continue
-                if position == entry_end:
-                    found[index] = None
-                    continue
-                if data[position] != _LEN_FIELD_2:
-                    return None
-                length, position = _varint(data, position + 1)
-                if position + length != entry_end:
-                    return None
-                if length == 0:
-                    found[index] = None
-                    continue
-                kind = _KIND_BY_TAG.get(data[position])
-                if kind is None:
-                    return None
-                length, position = _varint(data, position + 1)
-                if position + length != entry_end:
-                    return None
-                if length == 0 or kind == FeatureDtype.BYTES_LIST:
-                    # Bytes values are never packed: keep the BytesList message itself.
-                    found[index] = (kind, data[position:entry_end])
-                    position = entry_end
-                    continue
-                if data[position] != _LEN_FIELD_1:
-                    return None  # unpacked values
-                length, position = _varint(data, position + 1)
-                if position + length != entry_end:
-                    return None
-                found[index] = (kind, data[position:entry_end])
-                position = entry_end
-            if position != end:
-                return None
-    except IndexError:
-        return None
-    return found
-
-
-def _bytes_values(payload: bytes) -> list[bytes]:
-    values = []
-    position = 0
-    while position < len(payload):
-        if payload[position] != _LEN_FIELD_1:
-            raise ExampleError("malformed bytes_list")
-        length, position = _varint(payload, position + 1)
-        values.append(payload[position : position + length])
-        position += length
-    return values
-
-
 def decode_varints(payload: bytes) -> np.ndarray:
     """The int64 values of concatenated varints (protobuf's packed int64 encoding), at numpy
     speed.
@@ -305,6 +211,25 @@ def _count_values(kind: FeatureDtype, payload: bytes) -> int:
     return len(payload.translate(None, _CONTINUATION_BYTES))
 
 
+def _quick_check(spec: FeatureSpec) -> Callable[[bytes], bool] | None:
+    """For a fixed-length numeric feature, a test that its packed payload holds exactly the
+    schema's number of values (True), cheaper than counting them; None for other features."""
+    if not spec.is_fixed_numeric:
+        return None
+    length = spec.length
+    if spec.dtype == FeatureDtype.FLOAT_LIST:
+        size = 4 * length
+        return lambda payload: len(payload) == size
+
+    def terminators_match(payload: bytes) -> bool:
+        # One terminating byte (high bit clear) per varint, and the payload ends with one.
+        return (
+            payload[-1:] < b"\x80" and len(payload.translate(None, _CONTINUATION_BYTES)) == length
+        )
+
+    return terminators_match
+
+
 class ExampleColumns:
     """Gathers decoded records into per-feature columns for :class:`SegDenseWriter`.
 
@@ -319,7 +244,12 @@ class ExampleColumns:
     def __init__(self, schema: SegDenseSchema):
         self.schema = schema
         self.specs = list(schema)
-        self._wanted = {spec.name.encode(): index for index, spec in enumerate(self.specs)}
+        # name -> (index, kind, payload check): the check a fixed-length numeric feature's
+        # payload passes in one comparison (float bytes, or varint terminators), else None.
+        self._plan = {
+            spec.name: (index, spec.dtype.value, _quick_check(spec))
+            for index, spec in enumerate(self.specs)
+        }
         self.missing: collections.Counter[str] = collections.Counter()
         self._reset()
 
@@ -340,33 +270,45 @@ class ExampleColumns:
             ExampleError: the record is not a tf.Example, or a feature has the wrong kind or
                 number of values; nothing of the record is kept.
         """
-        row = self.rows
-        fast = _fast_features(data, self._wanted)
-        if fast is None:
+        try:
+            example = _RawExample.FromString(data)
+        except message.DecodeError:
+            example = None
+        # Serialized again it must take the record's own size: a packed list in several pieces
+        # (bytes keep the last piece) or a message split in two re-encodes shorter. Those, and
+        # unpacked values (which the bytes declaration refuses), take the reference decoder.
+        if example is None or example.ByteSize() != len(data):
             self._add_parsed(parse_example(data))
             return
-        specs = self.specs
-        # Check every feature before keeping any, so a bad record leaves no trace.
-        for index, item in fast.items():
-            if item is None:
+        plan = self._plan
+        staged = []
+        features = example.features.feature
+        # Check every feature before keeping any, so a bad record leaves no trace. (Keys, then
+        # lookups: the map's items() view iterates in Python, at twice the cost.)
+        for name in features:
+            planned = plan.get(name)
+            if planned is None:
                 continue
-            kind, payload = item
-            spec = specs[index]
+            feature = features[name]
+            kind = feature.WhichOneof("kind")
+            if kind is None:
+                continue
+            index, expected_kind, quick = planned
             if kind == FeatureDtype.BYTES_LIST:
-                values = _bytes_values(payload)
-                self._check(spec, kind, len(values))
-                fast[index] = (kind, values)
+                values = list(feature.bytes_list.value)
+                self._check(self.specs[index], kind, len(values))
             else:
-                self._check(spec, kind, _count_values(kind, payload))
-        for index, item in fast.items():
-            if item is None:
-                continue
-            kind, payload = item
-            if kind == FeatureDtype.BYTES_LIST:
-                self._decoded[index].append((row, payload))
+                values = getattr(feature, kind).value
+                if kind != expected_kind or quick is None or not quick(values):
+                    self._check(self.specs[index], kind, _count_values(kind, values))
+            staged.append((index, kind == FeatureDtype.BYTES_LIST, values))
+        row = self.rows
+        for index, is_bytes, values in staged:
+            if is_bytes:
+                self._decoded[index].append((row, values))
             else:
                 self._payload_rows[index].append(row)
-                self._payloads[index].append(payload)
+                self._payloads[index].append(values)
         self.rows = row + 1
 
     def _add_parsed(self, parsed: Mapping[str, tuple[FeatureDtype, Values]]) -> None:

@@ -6,7 +6,8 @@ A TFRecord file is a sequence of records, each::
     uint64 length (little endian) | uint32 masked CRC32-C of those 8 bytes
     data (length bytes)           | uint32 masked CRC32-C of the data
 
-optionally inside one gzip (or zlib) stream. Both checksums are verified: a flipped bit in a
+optionally inside one gzip (or zlib) stream; the file may be local or an object-store URL
+(``tml.storage``). Both checksums are verified: a flipped bit in a
 copied file must not turn into a silently wrong training example. Errors name the file and the
 index of the record, and say whether reading can go on at the next record (a bad data checksum
 under a good length checksum) or the rest of the file is lost (a bad length, a truncated file,
@@ -23,8 +24,10 @@ from collections.abc import Callable, Iterable, Iterator
 from typing import BinaryIO
 
 import google_crc32c
+from isal import isal_zlib
 
 from tml.core.errors import UserInputError
+from tml.storage import filesystem, is_url, storage_errors
 
 COMPRESSIONS = ("auto", "gzip", "zlib", "none")
 _HEADER = struct.Struct("<QI")
@@ -33,6 +36,9 @@ _MASK_DELTA = 0xA282EAD8
 # Decompressed bytes read at a time: large enough that per-read overhead vanishes, small enough
 # that memory stays bounded whatever the file size.
 _CHUNK = 4 << 20
+_COMPRESSED_CHUNK = 1 << 20
+# Bytes fetched per ranged read of a stored object: few requests, bounded memory per worker.
+_REMOTE_BLOCK = 16 << 20
 
 
 class TFRecordError(UserInputError):
@@ -75,11 +81,41 @@ def _plain_header_valid(head: bytes) -> bool:
     return masked_crc32c(head[:8]) == crc
 
 
+def open_raw(path: str) -> BinaryIO:
+    """The file's bytes as stored, local or on an object store (read sequentially, so the
+    store's read-ahead serves them in large ranged reads).
+
+    Raises:
+        StorageError: no such bucket, or access denied.
+        FileNotFoundError: naming the path.
+    """
+    if not is_url(path):
+        return open(path, "rb")
+    fs, inner = filesystem(path)
+    with storage_errors(path):
+        return fs.open(inner, "rb", block_size=_REMOTE_BLOCK, cache_type="readahead")
+
+
+def file_size(path: str) -> int:
+    """Size in bytes of a local file or stored object."""
+    if not is_url(path):
+        return os.path.getsize(path)
+    fs, inner = filesystem(path)
+    with storage_errors(path):
+        return int(fs.size(inner))
+
+
 def detect_compression(path: str) -> str:
     """``gzip``, ``zlib`` or ``none``, from the file's first bytes (not its name: TFRecord
     files are named every which way)."""
-    with open(path, "rb") as file:
-        head = file.read(_HEADER.size)
+    if is_url(path):
+        # One small ranged read, not a read-ahead block of the file.
+        fs, inner = filesystem(path)
+        with storage_errors(path):
+            head = fs.cat_file(inner, start=0, end=_HEADER.size)
+    else:
+        with open(path, "rb") as file:
+            head = file.read(_HEADER.size)
     if head[:2] == b"\x1f\x8b":
         return "gzip"
     # A plain file whose first length happens to look like a zlib header still has a valid
@@ -89,38 +125,70 @@ def detect_compression(path: str) -> str:
     return "none"
 
 
-class _ZlibReader:
-    """A readable stream over a zlib-compressed file (TFRecord's ``ZLIB`` option)."""
+class _InflatingReader:
+    """The decompressed bytes of a gzip (one or more members, as ``cat a.gz b.gz`` makes) or
+    zlib file, at most ``size`` bytes per read whatever the compression ratio.
 
-    def __init__(self, raw: BinaryIO):
+    Inflation is ISA-L's (``isal``), ~2.5x zlib's speed: on the full 2022 schema it was a
+    quarter of the converter's time. Checksums of the compressed format are verified by it.
+    """
+
+    def __init__(self, raw: BinaryIO, gzip_format: bool):
         self._raw = raw
-        self._inflate = zlib.decompressobj()
-        self._pending = b""
+        self._gzip = gzip_format
+        self._wbits = 31 if gzip_format else 15
+        self._inflate = isal_zlib.decompressobj(self._wbits)
+        self._input = b""
 
     def read(self, size: int) -> bytes:
-        while len(self._pending) < size and not self._inflate.eof:
-            compressed = self._raw.read(_CHUNK)
-            if not compressed:
-                raise EOFError("compressed file ended before the end-of-stream marker")
-            self._pending += self._inflate.decompress(compressed)
-        data, self._pending = self._pending[:size], self._pending[size:]
-        return data
+        while True:
+            if self._inflate.eof and not self._next_member():
+                return b""
+            if not self._input:
+                self._input = self._raw.read(_COMPRESSED_CHUNK)
+                if not self._input:
+                    raise EOFError("compressed file ended before the end-of-stream marker")
+            data = self._inflate.decompress(self._input, size)
+            self._input = self._inflate.unconsumed_tail
+            if data:
+                return data
+
+    def _next_member(self) -> bool:
+        """Starts on the gzip member after the one that ended; False at the end of the file."""
+        if not self._gzip:
+            return False  # zlib has one stream; TensorFlow ignores what follows it too
+        rest = self._inflate.unused_data
+        while True:
+            # gzip allows zero padding after a member (GNU gzip and Python's module skip it).
+            rest = rest.lstrip(b"\x00")
+            if len(rest) >= 2:
+                break
+            more = self._raw.read(_COMPRESSED_CHUNK)
+            if not more:
+                if rest:
+                    raise EOFError("compressed file ended inside a gzip member header")
+                return False
+            rest += more
+        if rest[:2] != b"\x1f\x8b":
+            raise gzip.BadGzipFile(f"data after a gzip member is not gzip: {rest[:8]!r}")
+        self._inflate = isal_zlib.decompressobj(self._wbits)
+        self._input = rest
+        return True
 
     def close(self) -> None:
         self._raw.close()
 
 
 def open_stream(path: str, compression: str = "auto") -> BinaryIO:
-    """The decompressed byte stream of a TFRecord file."""
+    """The decompressed byte stream of a TFRecord file (reads may return fewer bytes than
+    asked; an empty read is the end)."""
     if compression not in COMPRESSIONS:
         raise ValueError(f"compression must be one of {COMPRESSIONS}, got {compression!r}")
     if compression == "auto":
         compression = detect_compression(path)
-    raw = open(path, "rb")  # noqa: SIM115 - returned to the caller, who closes it.
-    if compression == "gzip":
-        return gzip.GzipFile(fileobj=raw, mode="rb")  # type: ignore[return-value]
-    if compression == "zlib":
-        return _ZlibReader(raw)  # type: ignore[return-value]
+    raw = open_raw(path)
+    if compression in ("gzip", "zlib"):
+        return _InflatingReader(raw, gzip_format=compression == "gzip")  # type: ignore[return-value]
     return raw
 
 
@@ -145,7 +213,7 @@ def iter_records(
         TFRecordError: naming the file and the record: a checksum mismatch, a truncated file, a
             broken compressed stream, or a file without any record.
     """
-    if os.path.getsize(path) == 0:
+    if file_size(path) == 0:
         _report(
             TFRecordError(path, 0, "the file is empty (0 bytes)", recoverable=False), on_corrupt
         )
@@ -161,7 +229,7 @@ def iter_records(
                     return
                 continue
             yield index, data
-    except (OSError, EOFError, zlib.error) as error:
+    except (OSError, EOFError, isal_zlib.error) as error:
         # gzip and zlib fail mid-stream on a flipped or missing byte; nothing after it can be
         # trusted.
         kind = "truncated" if isinstance(error, EOFError) else "corrupt"

@@ -14,13 +14,19 @@ Resumable: a file is written under a temporary name and renamed when complete, t
 in ``OUT/_tml_convert_manifest.json`` with its input's size and mtime and its row count. A
 re-run skips every recorded file whose input is unchanged and converts the rest; a killed run
 leaves at most temporary files, which the next run removes.
+
+Inputs and OUT may be object-store URLs (``s3://bucket/prefix``, ``gs://...``; tml.storage). On
+a store an output object appears only when its upload completes (a store has no rename), and a
+failed one is deleted again.
 """
 
 from __future__ import annotations
 
 import argparse
 import concurrent.futures
+import contextlib
 import dataclasses
+import datetime
 import glob
 import json
 import logging
@@ -28,7 +34,7 @@ import multiprocessing
 import os
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import numpy as np
@@ -44,8 +50,23 @@ from projects.home.recap.data.tf_example import (
     parse_example,
     schema_values,
 )
-from projects.home.recap.data.tfrecord import COMPRESSIONS, TFRecordError, iter_records
+from projects.home.recap.data.tfrecord import (
+    COMPRESSIONS,
+    TFRecordError,
+    file_size,
+    iter_records,
+)
 from tml.core.errors import UserInputError
+from tml.storage import (
+    as_path,
+    check_bucket,
+    filesystem,
+    is_url,
+    list_files,
+    open_input_file,
+    storage_errors,
+    write_atomically,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -150,14 +171,52 @@ def _glob_root(pattern: str) -> str:
     return os.sep.join(fixed) or "."
 
 
+def _join(folder: str, relative: str) -> str:
+    """``folder/relative`` for a local folder or a URL (whose separator is always ``/``)."""
+    return f"{folder.rstrip('/')}/{relative}" if is_url(folder) else os.path.join(folder, relative)
+
+
+def _remote_inputs(argument: str) -> tuple[str, list[str]]:
+    """(root, files) of an object-store argument: a glob, a prefix ("folder") or an object."""
+    if glob.has_magic(argument):
+        root = argument[: argument.index("://") + 3] + _glob_root(argument.split("://", 1)[1])
+        return root, list_files(argument)
+    fs, inner = filesystem(argument)
+    protocol = argument.split("://", 1)[0]
+    with storage_errors(argument):
+        if fs.isdir(inner):
+            prefix = inner.rstrip("/") + "/"
+            paths = [
+                f"{protocol}://{name}"
+                for name in fs.find(inner)
+                if not any(
+                    part.startswith(_SKIPPED_PREFIXES)
+                    for part in name[len(prefix) :].split("/")[:-1]
+                )
+            ]
+            return argument.rstrip("/"), paths
+        if fs.isfile(inner):
+            return argument.rsplit("/", 1)[0], [argument]
+    check_bucket(argument)
+    raise ConvertError(f"input '{argument}': no such file or folder")
+
+
 def select_inputs(inputs: Sequence[str]) -> list[tuple[str, str]]:
     """``(input path, output name)`` for every file the arguments name, in sorted order.
 
     Raises:
         ConvertError: when an argument matches nothing, or two inputs would write one output.
+        StorageError: an input's bucket does not exist or is not readable.
     """
     found: list[tuple[str, str]] = []
     for argument in inputs:
+        if is_url(argument):
+            root, paths = _remote_inputs(argument)
+            paths = sorted(path for path in paths if _is_data_name(path))
+            if not paths:
+                raise ConvertError(f"input '{argument}': no file matches")
+            found.extend((path, _output_name(path[len(root) :].lstrip("/"))) for path in paths)
+            continue
         if os.path.isdir(argument):
             root = argument
             paths = [
@@ -197,12 +256,14 @@ def load_manifest(output_dir: str, settings: Settings) -> dict[str, Any]:
     Raises:
         ConvertError: when it was written with other settings, whose outputs would differ.
     """
-    path = os.path.join(output_dir, MANIFEST_NAME)
-    if not os.path.exists(path):
+    path = _join(output_dir, MANIFEST_NAME)
+    with storage_errors(path):
+        exists = as_path(path).exists()
+    if not exists:
         return {"version": MANIFEST_VERSION, "settings": settings.to_json(), "files": {}}
     try:
-        with open(path) as file:
-            manifest = json.load(file)
+        with storage_errors(path):
+            manifest = json.loads(as_path(path).read_text())
         stored = manifest["settings"]
         manifest["files"]
     except (OSError, ValueError, KeyError, TypeError) as error:
@@ -218,11 +279,9 @@ def load_manifest(output_dir: str, settings: Settings) -> dict[str, Any]:
 
 def save_manifest(output_dir: str, manifest: dict[str, Any]) -> None:
     """Writes the manifest atomically (a reader never sees half of it)."""
-    path = os.path.join(output_dir, MANIFEST_NAME)
-    temporary = f"{path}.tmp-{os.getpid()}"
-    with open(temporary, "w") as file:
-        json.dump(manifest, file, indent=1, sort_keys=True)
-    os.replace(temporary, path)
+    path = _join(output_dir, MANIFEST_NAME)
+    with storage_errors(path):
+        write_atomically(as_path(path), json.dumps(manifest, indent=1, sort_keys=True))
 
 
 def is_done(entry: dict[str, Any] | None, job: FileJob, output_dir: str) -> bool:
@@ -236,8 +295,14 @@ def is_done(entry: dict[str, Any] | None, job: FileJob, output_dir: str) -> bool
         return False
     if entry.get("rows") == 0:
         return True
-    output = os.path.join(output_dir, job.output)
-    return os.path.exists(output) and os.path.getsize(output) == entry.get("output_bytes")
+    return _size_or_none(_join(output_dir, job.output)) == entry.get("output_bytes")
+
+
+def _size_or_none(path: str) -> int | None:
+    try:
+        return file_size(path)
+    except FileNotFoundError:
+        return None
 
 
 def _temporary_name(output: str) -> str:
@@ -246,7 +311,10 @@ def _temporary_name(output: str) -> str:
 
 
 def remove_stale_temporaries(output_dir: str) -> int:
-    """Deletes temporary files a killed run left behind; returns how many."""
+    """Deletes temporary files a killed run left behind; returns how many. (A store keeps no
+    partial object of a killed upload.)"""
+    if is_url(output_dir):
+        return 0
     removed = 0
     for folder, _, names in os.walk(output_dir):
         for name in names:
@@ -257,6 +325,58 @@ def remove_stale_temporaries(output_dir: str) -> int:
 
 
 # --- converting one file --------------------------------------------------------------------
+
+
+class _OutputFile:
+    """Where one converted file is written so that it never shows partial under its name:
+    locally a temporary name renamed into place; on an object store an upload, which makes the
+    object appear only when it completes (a store has no rename), discarded on failure."""
+
+    def __init__(self, path: str):
+        self.path = path
+        self.remote = is_url(path)
+        self._sink: Any = None
+        if not self.remote:
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            self._temporary = _temporary_name(path)
+
+    def open(self) -> Any:
+        """What the Parquet writer writes to: a path, or an open upload."""
+        if not self.remote:
+            return self._temporary
+        self._sink = as_path(self.path).open("wb")
+        return self._sink
+
+    def commit(self) -> int:
+        """Puts the written file in place; returns its size."""
+        if self.remote:
+            with storage_errors(self.path):
+                self._sink.close()
+        else:
+            os.replace(self._temporary, self.path)
+        return file_size(self.path)
+
+    def abort(self) -> None:
+        """Drops what was written (after a failure)."""
+        if not self.remote:
+            if os.path.exists(self._temporary):
+                os.remove(self._temporary)
+            return
+        if self._sink is not None:
+            # discard() aborts the upload; closing would complete it with the partial file.
+            # It leaves the file open, so it is marked closed: else its finalizer closes it.
+            with contextlib.suppress(Exception):
+                self._sink.discard()
+            self._sink.closed = True
+            as_path(self.path).unlink(missing_ok=True)
+
+    def remove_stale(self) -> None:
+        """Removes an output of an earlier run (its input now converts to nothing)."""
+        if self.remote:
+            as_path(self.path).unlink(missing_ok=True)
+        elif os.path.exists(self.path):
+            os.remove(self.path)
+
 
 _progress_counter: Any = None
 
@@ -284,9 +404,7 @@ def convert_file(
     """
     started = time.perf_counter()
     schema = parse_schema(settings.schema, "(converter settings)")
-    output = os.path.join(output_dir, job.output)
-    os.makedirs(os.path.dirname(output), exist_ok=True)
-    temporary = _temporary_name(output)
+    output = _OutputFile(_join(output_dir, job.output))
     result = FileResult(job=job, rows=0, output_bytes=0, seconds=0.0)
     columns = ExampleColumns(schema)
     writer: SegDenseWriter | None = None
@@ -308,7 +426,7 @@ def convert_file(
                 job.input, batch_first, f"(in records {batch_first}-{last_record}) {error}"
             ) from None
         if writer is None:
-            writer = SegDenseWriter(temporary, schema, settings.write_options())
+            writer = SegDenseWriter(output.open(), schema, settings.write_options())
         writer.write(rows)
 
     pending_progress = 0
@@ -341,16 +459,14 @@ def convert_file(
         _count_progress(pending_progress)
         if writer is not None:
             writer.close()
-            os.replace(temporary, output)
-            result.output_bytes = os.path.getsize(output)
-        elif os.path.exists(output):
+            result.output_bytes = output.commit()
+        else:
             # A fully corrupt input under --skip_corrupt: no stale output from an earlier run.
-            os.remove(output)
+            output.remove_stale()
     except BaseException:
         if writer is not None:
             writer.close()
-        if os.path.exists(temporary):
-            os.remove(temporary)
+        output.abort()
         raise
     result.missing = dict(columns.missing)
     result.seconds = time.perf_counter() - started
@@ -360,6 +476,17 @@ def convert_file(
 # --- verification ---------------------------------------------------------------------------
 
 
+@contextlib.contextmanager
+def _parquet_file(path: str) -> Iterator[pq.ParquetFile]:
+    """A Parquet file of ours, local or on a store (closed after use)."""
+    source = open_input_file(path)
+    try:
+        yield pq.ParquetFile(source)
+    finally:
+        if not isinstance(source, str):
+            source.close()
+
+
 def _parquet_rows(path: str, schema: SegDenseSchema) -> Any:
     """Yields every row of one of our files as feature -> values, one row group in memory."""
     from projects.home.recap.data.parquet_format import ParquetFormat
@@ -367,19 +494,19 @@ def _parquet_rows(path: str, schema: SegDenseSchema) -> Any:
     dense = [FeatureRead(spec) for spec in schema if spec.is_fixed_numeric]
     others = [spec for spec in schema if not spec.is_fixed_numeric]
     data_file = ParquetFormat().open(path, schema, dense)
-    parquet = pq.ParquetFile(path)
-    for group in range(len(data_file.row_group_rows)):
-        arrays = data_file.read(group)
-        lists = (
-            parquet.read_row_group(group, columns=[spec.name for spec in others]).to_pydict()
-            if others
-            else {}
-        )
-        for row in range(data_file.row_group_rows[group]):
-            values: dict[str, Any] = {name: array[row] for name, array in arrays.items()}
-            for spec in others:
-                values[spec.name] = lists[spec.name][row]
-            yield values
+    with _parquet_file(path) as parquet:
+        for group in range(len(data_file.row_group_rows)):
+            arrays = data_file.read(group)
+            lists = (
+                parquet.read_row_group(group, columns=[spec.name for spec in others]).to_pydict()
+                if others
+                else {}
+            )
+            for row in range(data_file.row_group_rows[group]):
+                values: dict[str, Any] = {name: array[row] for name, array in arrays.items()}
+                for spec in others:
+                    values[spec.name] = lists[spec.name][row]
+                yield values
 
 
 def _same(expected: Any, actual: Any, dtype: FeatureDtype) -> int | None:
@@ -414,14 +541,15 @@ def verify_file(
     Raises:
         ConvertError: naming the output, row, input record and feature of the first difference.
     """
-    path = os.path.join(output_dir, output)
+    path = _join(output_dir, output)
     source = entry["input"]
     rows = entry["rows"]
     if rows == 0:
-        if os.path.exists(path):
+        if _size_or_none(path) is not None:
             raise ConvertError(f"verify: {path} exists but the manifest records no rows")
         return 0
-    stored_rows = pq.ParquetFile(path).metadata.num_rows
+    with _parquet_file(path) as parquet:
+        stored_rows = parquet.metadata.num_rows
     if stored_rows != rows:
         raise ConvertError(f"verify: {path} holds {stored_rows} rows, the manifest says {rows}")
     skipped = set(entry["skipped_records"])
@@ -502,9 +630,27 @@ class Summary:
         return lines
 
 
+def _remote_stat(url: str) -> tuple[int, int]:
+    """(size, modification time in ns) of a stored object, for the manifest's "unchanged"."""
+    fs, inner = filesystem(url)
+    with storage_errors(url):
+        info = fs.info(inner)
+    # s3fs gives LastModified (a datetime), gcsfs "updated" (ISO text), others "mtime".
+    modified = info.get("LastModified") or info.get("updated") or info.get("mtime")
+    if isinstance(modified, str):
+        modified = datetime.datetime.fromisoformat(modified.replace("Z", "+00:00"))
+    if isinstance(modified, datetime.datetime):
+        modified = modified.timestamp()
+    return int(info["size"]), int(float(modified or 0) * 1e9)
+
+
 def _jobs(inputs: Sequence[str]) -> list[FileJob]:
     jobs = []
     for path, output in select_inputs(inputs):
+        if is_url(path):
+            size, mtime_ns = _remote_stat(path)
+            jobs.append(FileJob(path, output, size, mtime_ns))
+            continue
         stat = os.stat(path)
         jobs.append(FileJob(os.path.abspath(path), output, stat.st_size, stat.st_mtime_ns))
     return jobs
@@ -530,7 +676,10 @@ def convert(
     """
     started = time.perf_counter()
     jobs = _jobs(inputs)
-    os.makedirs(output_dir, exist_ok=True)
+    if is_url(output_dir):
+        check_bucket(output_dir)
+    else:
+        os.makedirs(output_dir, exist_ok=True)
     manifest = load_manifest(output_dir, settings)
     removed = remove_stale_temporaries(output_dir)
     if removed:

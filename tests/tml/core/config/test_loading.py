@@ -62,6 +62,62 @@ def test_anchors_and_merge_keys(tmp_path):
     assert config.towers["c.d"] == Inner(sizes=[3, 4], rate=0.1)
 
 
+ALIASED = """
+inner: &base {sizes: [3, 4], rate: 0.5}
+steps: &steps 3
+towers:
+  a.b: *base
+  c.d:
+    <<: *base
+    rate: 0.1
+layers: [{sizes: *steps}]
+"""
+
+
+def test_an_override_of_an_anchored_value_follows_its_aliases(tmp_path):
+    path = write(tmp_path, ALIASED.replace("layers: [{sizes: *steps}]", ""))
+    config = load_config_from_yaml(Outer, path, ["inner.sizes=[7]", "inner.rate=0.9"])
+    assert config.inner.sizes == config.towers["a.b"].sizes == config.towers["c.d"].sizes == [7]
+    # c.d writes its own rate beside the merge: not an alias of inner.rate.
+    assert (config.inner.rate, config.towers["a.b"].rate, config.towers["c.d"].rate) == (
+        0.9,
+        0.9,
+        0.1,
+    )
+    # From an alias (here a merged field) to the anchor too, and a whole aliased section.
+    config = load_config_from_yaml(Outer, path, ["towers.c.d.sizes.-1=9"])
+    assert config.inner.sizes == config.towers["a.b"].sizes == [3, 9]
+    config = load_config_from_yaml(Outer, path, ["towers.a.b={sizes: [5]}"])
+    assert config.inner.sizes == [5] and config.inner.rate is None
+
+
+def test_a_field_an_override_names_keeps_its_value_in_any_order(tmp_path):
+    path = write(tmp_path, ALIASED.replace("layers: [{sizes: *steps}]", ""))
+    for overrides in (
+        ["towers.a.b.sizes=[1]", "inner.sizes=[7]"],
+        ["inner.sizes=[7]", "towers.a.b.sizes=[1]"],
+        ["towers.a.b={sizes: [1]}", "inner.sizes=[7]"],
+    ):
+        config = load_config_from_yaml(Outer, path, overrides)
+        assert config.inner.sizes == [7] and config.towers["a.b"].sizes == [1], overrides
+    # A field that only aliases them takes the later of the two.
+    assert config.towers["c.d"].sizes == [7]
+
+
+def test_overrides_that_reshape_one_anchored_value_twice_are_one_line(tmp_path):
+    path = write(tmp_path, ALIASED.replace("layers: [{sizes: *steps}]", ""))
+    with pytest.raises(
+        ConfigError, match=r"override 'towers.c.d.sizes.1=9': towers.c.d.sizes\[1\] no longer"
+    ):
+        load_config_from_yaml(Outer, path, ["inner.sizes=[1]", "towers.c.d.sizes.1=9"])
+
+
+def test_values_that_are_only_equal_are_not_aliases(tmp_path):
+    path = write(tmp_path, "inner: {sizes: [3], rate: 0.5}\ntowers: {a: {sizes: [3], rate: 0.5}}\n")
+    config = load_config_from_yaml(Outer, path, ["inner.sizes=[7]", "inner.rate=0.1"])
+    assert config.towers["a"].sizes == [3] and config.towers["a"].rate == 0.5
+
+
 def test_overrides_are_typed_by_the_schema(tmp_path):
     path = write(tmp_path, "towers: {a.b: {sizes: [1]}}\n")
     config = load_config_from_yaml(

@@ -120,12 +120,22 @@ def test_fast_decoder_agrees_with_protobuf_on_other_encodings():
     unpacked = others + b"\x0a" + bytes([len(features)]) + features
     assert unpacked != canonical
     assert parse_example(unpacked)["f"][1].tolist() == [1.5, -0.0, np.inf]
+    # The same values with v's packed list in two pieces (valid protobuf: they concatenate).
+    pieces = b"\x0a\x01\x07\x0a\x02\x08\x09"
+    feature = b"\x1a" + bytes([len(pieces)]) + pieces
+    entry = b"\x0a\x01v\x12" + bytes([len(feature)]) + feature
+    split = encode_example(
+        {"f": np.array([1.5, -0.0, np.inf], np.float32), "i": np.array([-1, 2**62]), "b": [b"x"]}
+    )
+    split += b"\x0a" + bytes([len(entry) + 2]) + b"\x0a" + bytes([len(entry)]) + entry
+    assert parse_example(split)["v"][1].tolist() == [7, 8, 9]
     columns = ExampleColumns(schema)
     columns.add(canonical)
     columns.add(unpacked)
     columns.add(example.SerializeToString())
+    columns.add(split)
     values = columns.take()
-    for row in range(3):
+    for row in range(4):
         assert (
             bits(values["f"][row]).tolist()
             == bits(np.array([1.5, -0.0, np.inf], np.float32)).tolist()
@@ -206,3 +216,27 @@ def test_writer_round_trips(tmp_path: Path, compression: str):
     payloads = [os.urandom(n) for n in (0, 1, 100, 70000)]
     assert write_records(path, payloads, compression) == 4
     assert [data for _, data in iter_records(path)] == payloads
+
+
+def test_gzip_members_padding_and_damage(tmp_path: Path):
+    payloads = [os.urandom(n) for n in (10, 3000, 70000, 5)]
+    framed = [encode_record(data) for data in payloads]
+    # Two members (as `cat a.gz b.gz` makes), split inside a record, then zero padding.
+    joined = tmp_path / "members.tfrecord.gz"
+    cut = len(framed[0]) + 100
+    body = b"".join(framed)
+    joined.write_bytes(gzip.compress(body[:cut]) + gzip.compress(body[cut:]) + bytes(9))
+    assert [data for _, data in iter_records(str(joined))] == payloads
+
+    trailing = _corrupt_copy(tmp_path, gzip.compress(body) + b"junk", "trailing.tfrecord.gz")
+    with pytest.raises(TFRecordError, match=r"record 4: corrupt compressed stream: .*not gzip"):
+        list(iter_records(trailing))
+    # A flipped byte in the deflate data or in the gzip trailer's CRC: the inflater says so.
+    for position in (len(gzip.compress(body)) // 2, -6):
+        damaged = bytearray(gzip.compress(body))
+        damaged[position] ^= 0x10
+        path = _corrupt_copy(tmp_path, bytes(damaged), "damaged.tfrecord.gz")
+        problems: list[TFRecordError] = []
+        list(iter_records(path, on_corrupt=problems.append))
+        assert len(problems) == 1 and not problems[0].recoverable
+        assert problems[0].path == path and "\n" not in str(problems[0])

@@ -145,6 +145,64 @@ def test_local_prod_reads_converted_data(tmp_path: Path, monkeypatch):
     assert batch.labels.shape[1] == len(config.model.tasks)
 
 
+@pytest.mark.slow
+def test_local_prod_yaml_trains_on_converted_data_with_only_its_input_glob_overridden(
+    tmp_path: Path,
+):
+    """The original's production config, unchanged but for its input glob, trains and evaluates
+    on TensorFlow-written records through both real commands (converter, then torchrun).
+
+    For CPU cost the job also runs 2 train steps instead of 1000 (the 35 fixture rows fit one
+    eval batch, so its 16 eval steps are cheap); its save_dir stays the config's own, under
+    ``$TML_RUN_DIR``. The one ``train_data.inputs`` override also moves the 11 validation
+    partitions, which read the same anchored glob in the file.
+    """
+    config_path = REPO / "projects/home/recap/config/local_prod.yaml"
+    config = load_config_from_yaml(RecapConfig, str(config_path))
+    out = tmp_path / "converted"
+    run_dir = tmp_path / "run"
+    environment = {
+        **os.environ,
+        "PYTHONPATH": str(REPO),
+        "TML_BASE": str(REPO),
+        "TML_RUN_DIR": str(run_dir),
+        "OMP_NUM_THREADS": "1",
+        "CUDA_VISIBLE_DEVICES": "",
+    }
+    commands = [
+        [
+            sys.executable, "-m", "projects.home.recap.tools.convert_tfrecords",
+            str(copy_fixtures(tmp_path)), "--output_dir", str(out), "--config_path",
+            str(config_path), "--num_workers", "1", "--no_progress",
+        ],
+        [
+            sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node",
+            "1", "-m", "projects.home.recap.main", "--config_path", str(config_path),
+            f"train_data.inputs={out}/*.parquet", "training.num_train_steps=2",
+        ],
+    ]  # fmt: skip
+    for command in commands:
+        result = subprocess.run(
+            command, cwd=REPO, env=environment, capture_output=True, text=True, timeout=300
+        )
+        assert result.returncode == 0, f"{command[2]}:\n{result.stderr[-4000:]}"
+
+    save_dir = run_dir / "local_prod" / "model"
+    trained = [json.loads(line) for line in (save_dir / "train.jsonl").read_text().splitlines()]
+    assert trained[-1]["step"] == 2 and np.isfinite(trained[-1]["loss"])
+    evaluated = [json.loads(line) for line in (save_dir / "eval.jsonl").read_text().splitlines()]
+    examples = {
+        key.removesuffix("/examples"): record[key]
+        for record in evaluated
+        for key in record
+        if key.endswith("/examples")
+    }
+    # Every partition read all 35 converted records: none looked at the config's own glob.
+    assert examples == {partition: 35 for partition in config.validation_data}
+    assert not (run_dir / "local_prod" / "data").exists()
+    assert (save_dir / "checkpoints" / "step_2").is_dir()
+
+
 def test_date_folder_layout_is_kept(tmp_path: Path):
     root = tmp_path / "root"
     for day in ("2023/04/01", "2023/04/02"):
@@ -306,3 +364,64 @@ def test_verify_finds_a_difference(tmp_path: Path):
         convert_tfrecords.verify_file(
             entry, str(out), "part-00001.parquet", load_schema(SCHEMA_2022), 8
         )
+
+
+def test_inputs_and_output_on_a_bucket(tmp_path: Path, capsys, s3_bucket: str):
+    """TFRecords read from and Parquet written to S3 (moto on loopback): the same bytes as a
+    local conversion, resumable from the bucket's manifest, verified from the bucket."""
+    import fsspec
+
+    fs = fsspec.filesystem("s3")
+    source = copy_fixtures(tmp_path)
+    fs.put(str(source), f"{s3_bucket}/raw/2023/04/01".removeprefix("s3://"), recursive=True)
+    fs.pipe_file(f"{s3_bucket}/raw/_SUCCESS".removeprefix("s3://"), b"")
+    local = tmp_path / "local"
+    assert run(source, "--output_dir", local, "--schema_path", SCHEMA_2022) == 0
+    capsys.readouterr()
+
+    out = f"{s3_bucket}/parquet"
+    arguments = [f"{s3_bucket}/raw", "--output_dir", out, "--schema_path", SCHEMA_2022]
+    assert run(*arguments, "--num_workers", "2", "--verify") == 0
+    printed = capsys.readouterr().out
+    assert "converted 3 files (0 already done): 35 rows" in printed
+    assert "verified 3 files: row counts match, 35 records equal value by value" in printed
+    stored = sorted(fs.find(out.removeprefix("s3://")))
+    names = sorted(path.name for path in local.glob("*.parquet"))
+    assert stored == sorted(
+        [f"{out.removeprefix('s3://')}/{convert_tfrecords.MANIFEST_NAME}"]
+        + [f"{out.removeprefix('s3://')}/2023/04/01/{name}" for name in names]
+    )
+    for name in names:
+        assert fs.cat_file(f"{out}/2023/04/01/{name}") == (local / name).read_bytes(), name
+
+    # A re-run finds the bucket's manifest: nothing left to do.
+    assert run(*arguments) == 0
+    assert "converted 0 files (3 already done)" in capsys.readouterr().out
+    # A glob on the bucket keeps the layout under the glob's fixed part.
+    glob_out = f"{s3_bucket}/from_glob"
+    pattern = f"{s3_bucket}/raw/**/*.tfrecord*"
+    assert run(pattern, "--output_dir", glob_out, "--schema_path", SCHEMA_2022) == 0
+    assert "converted 3 files (0 already done)" in capsys.readouterr().out
+    for name in names:
+        assert fs.cat_file(f"{glob_out}/2023/04/01/{name}") == (local / name).read_bytes()
+
+    # One object, named as a file is.
+    single = f"{s3_bucket}/raw/2023/04/01/part-00001.tfrecord"
+    assert run(single, "--output_dir", f"{s3_bucket}/single", "--schema_path", SCHEMA_2022) == 0
+    capsys.readouterr()
+    assert (
+        fs.cat_file(f"{s3_bucket}/single/part-00001.parquet")
+        == (local / "part-00001.parquet").read_bytes()
+    )
+
+    # A corrupt input leaves no object behind, and the message names the URL and record.
+    plain = (FIXTURES / "part-00001.tfrecord").read_bytes()
+    fs.pipe_file(f"{s3_bucket}/bad/cut.tfrecord".removeprefix("s3://"), plain[:-30])
+    # (Row groups of 1: the upload has begun when record 2 fails.)
+    assert run(f"{s3_bucket}/bad", "--output_dir", f"{s3_bucket}/bad_out", "--schema_path",
+               SCHEMA_2022, "--row_group_size", "1") == 2  # fmt: skip
+    error = capsys.readouterr().err.strip()
+    assert error.startswith(f"error: {s3_bucket}/bad/cut.tfrecord: record 2: truncated")
+    assert not fs.exists(f"{s3_bucket}/bad_out/cut.parquet".removeprefix("s3://"))
+    assert run(f"{s3_bucket}/missing", "--output_dir", out, "--schema_path", SCHEMA_2022) == 2
+    assert f"input '{s3_bucket}/missing': no such file or folder" in capsys.readouterr().err
