@@ -2,6 +2,7 @@
 disk, ranged reads of only the needed column chunks, faults retried, one-line errors."""
 
 import itertools
+import time
 
 import fsspec
 import numpy as np
@@ -11,6 +12,7 @@ import torch
 
 from projects.home.recap.data.dataset import ReadOptions, build_dataset
 from projects.home.recap.data.files import select_files
+from projects.home.recap.data.reader import DataFileError
 from tml.storage import StorageError
 
 
@@ -126,6 +128,37 @@ def test_transient_errors_while_loading_are_retried(
     ids = [batch.extra_features["meta__tweet_id"].flatten().tolist() for batch in dataset]
     assert sorted(itertools.chain.from_iterable(ids)) == list(range(17))
     assert s3_server.faults.fail_next == 0 and s3_server.faults.delay_next == 0
+
+
+def test_files_on_a_bucket_open_together_in_order_and_a_bad_one_is_named(
+    tmp_path, write_files, make_config, s3_bucket, s3_server
+):
+    write_files([3] * 20)
+    (tmp_path / "data" / "part-00007.parquet").write_bytes(b"garbage")
+    upload(tmp_path / "data", f"{s3_bucket}/data")
+    upload(tmp_path / "segdense.json", f"{s3_bucket}/segdense.json")
+    bad = f"{s3_bucket}/data/part-00007.parquet"
+    with pytest.raises(DataFileError, match=rf"^cannot read Parquet file {bad}"):
+        build_dataset(
+            remote_config(make_config, s3_bucket, tmp_path),
+            options=ReadOptions.inference(),
+            tasks=["label.a"],
+        )
+    # Each file's size and footer are slow answers: opened one after the other, 20 files
+    # would take 20 x 2 x 0.2 s.
+    s3_server.faults.delay_next, s3_server.faults.delay_seconds = 40, 0.2
+    started = time.monotonic()
+    dataset = build_dataset(
+        remote_config(make_config, s3_bucket, tmp_path, ignore_data_errors=True),
+        options=ReadOptions.inference(),
+        tasks=["label.a"],
+    )
+    assert time.monotonic() - started < 4
+    assert dataset.skipped_files == [bad]
+    expected = [f"{s3_bucket}/data/part-{index:05d}.parquet" for index in range(20) if index != 7]
+    assert dataset.file_paths == expected
+    ids = [batch.extra_features["meta__tweet_id"].flatten().tolist() for batch in dataset]
+    assert list(itertools.chain.from_iterable(ids)) == [i for i in range(60) if i // 3 != 7]
 
 
 def test_date_folders_under_a_bucket(tmp_path, make_config, s3_bucket):
