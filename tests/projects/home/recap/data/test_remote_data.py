@@ -74,6 +74,8 @@ def test_a_dataset_on_a_bucket_reads_the_batches_it_reads_from_disk(
     assert select_files(config_at(s3_bucket).model_copy()) == [
         f"{s3_bucket}/data/part-{index:05d}.parquet" for index in range(3)
     ]
+    # Remote reads wait on the store: twice the default readers keep the CPUs busy.
+    assert remote.reader_threads == 2 * local.reader_threads
     expected, got = batch_values(local), batch_values(remote)
     assert len(got) == len(expected) == 6
     for left, right in zip(expected, got, strict=True):
