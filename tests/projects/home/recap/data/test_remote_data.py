@@ -1,5 +1,6 @@
-"""The loader on an S3 bucket (moto on loopback, tests/conftest.py): the same batches as from
-disk, ranged reads of only the needed column chunks, faults retried, one-line errors."""
+"""The loader on an S3 bucket (moto on loopback, tests/conftest.py) and a Google Cloud Storage
+one (an emulator on loopback): the same batches as from disk, ranged reads of only the needed
+column chunks, files opened together, faults retried, one-line errors."""
 
 import itertools
 import time
@@ -82,6 +83,29 @@ def test_a_dataset_on_a_bucket_reads_the_batches_it_reads_from_disk(
         for a, b in zip(left, right, strict=True):
             torch.testing.assert_close(a, b)
     assert got[0][0].shape[1] == 3  # the remote mask was applied
+
+
+def test_a_dataset_on_a_gcs_bucket_reads_the_batches_it_reads_from_disk(
+    tmp_path, write_files, make_config, gcs_bucket
+):
+    write_files([10, 7, 5], row_group_size=3)
+    fs = fsspec.filesystem("gs")
+    fs.put(str(tmp_path / "data"), f"{gcs_bucket}/data", recursive=True)
+    fs.put(str(tmp_path / "segdense.json"), f"{gcs_bucket}/segdense.json")
+    local = build_dataset(make_config(), options=ReadOptions.evaluation(), tasks=["label.a"])
+    remote = build_dataset(
+        remote_config(make_config, gcs_bucket, tmp_path),
+        options=ReadOptions.evaluation(),
+        tasks=["label.a"],
+    )
+    assert remote.file_paths == [
+        f"{gcs_bucket}/data/part-{index:05d}.parquet" for index in range(3)
+    ]
+    expected, got = batch_values(local), batch_values(remote)
+    assert len(got) == len(expected) == 6
+    for left, right in zip(expected, got, strict=True):
+        for a, b in zip(left, right, strict=True):
+            torch.testing.assert_close(a, b)
 
 
 def test_remote_reads_fetch_only_the_needed_column_chunks(
