@@ -134,7 +134,7 @@ def test_remote_reads_fetch_only_the_needed_column_chunks(
     }
     needed = sum(chunks[name].total_compressed_size for name in dataset.columns_read)
     skipped = size - needed
-    # The columns read, plus at most the small gaps pyarrow coalesces over between them.
+    # The columns read, plus at most the small gaps fetch_ranges reads over between them.
     assert needed <= fetched < needed + skipped / 2, (needed, fetched, size)
 
 
