@@ -87,3 +87,49 @@ def s3_bucket(s3_server, request):
     s3_server.faults.reset()
     yield f"s3://{name}"
     s3_server.faults.reset()
+
+
+@pytest.fixture(scope="session")
+def gcs_server():
+    """A Google Cloud Storage emulator on loopback for the whole session, gcsfs pointed at it
+    without credentials (here and in child processes); stopped at the end. Skips where the
+    ``gcs`` and ``dev`` extras (gcsfs, gcp-storage-emulator) are not installed."""
+    pytest.importorskip("gcp_storage_emulator")
+    from tests.helpers.gcs_server import GcsServer
+
+    server = GcsServer.start()
+    saved = {name: os.environ.get(name) for name in server.environment()}
+    os.environ.update(server.environment())
+    # Both are read at import: set before gcsfs is first imported (below), and fsspec's
+    # configuration is updated for this process, which imported fsspec already.
+    pytest.importorskip("gcsfs")
+    import fsspec.config
+
+    saved_config = fsspec.config.conf.get("gs")
+    fsspec.config.conf["gs"] = {**(saved_config or {}), "token": "anon"}
+    yield server
+    if saved_config is None:
+        fsspec.config.conf.pop("gs", None)
+    else:
+        fsspec.config.conf["gs"] = saved_config
+    for name, value in saved.items():
+        if value is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = value
+    server.stop()
+
+
+@pytest.fixture
+def gcs_bucket(gcs_server, request):
+    """A fresh empty bucket named after the test; yields its URL (``gs://name``)."""
+    import fsspec
+
+    name = "t-" + "".join(c if c.isalnum() else "-" for c in request.node.name.lower())[:50]
+    name = name.strip("-")
+    fs = fsspec.filesystem("gs")
+    fs.invalidate_cache()
+    if fs.exists(name):
+        fs.rm(name, recursive=True)
+    fs.mkdir(name)
+    yield f"gs://{name}"

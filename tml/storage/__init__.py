@@ -26,9 +26,11 @@ from tml.storage.paths import (
     remove_tree,
     write_atomically,
 )
+from tml.storage.ranges import FetchedRanges, coalesce, fetch_ranges
 
 __all__ = [
     "AnyPath",
+    "FetchedRanges",
     "Lock",
     "LockHeldError",
     "LockHolder",
@@ -37,6 +39,8 @@ __all__ = [
     "StorageError",
     "as_path",
     "check_bucket",
+    "coalesce",
+    "fetch_ranges",
     "file_written_whole",
     "filesystem",
     "is_url",

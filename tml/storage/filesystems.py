@@ -39,6 +39,9 @@ _OPTIONS: dict[str, dict[str, Any]] = {
             "read_timeout": 60,
         },
     },
+    # gcsfs retries 5xx answers, throttling and dropped connections itself (exponential
+    # backoff); its listings are cached like s3fs's, with the same stale-listing problem.
+    "gs": {"use_listings_cache": False},
 }
 
 

@@ -34,8 +34,9 @@ def test_remote_paths_join_and_name_like_pathlib():
     assert (path / "x.parquet").suffix == ".parquet"
 
 
-def test_write_read_list_and_remove_on_a_bucket(s3_bucket):
-    root = as_path(s3_bucket) / "job"
+@pytest.mark.parametrize("bucket", ["s3_bucket", "gcs_bucket"])
+def test_write_read_list_and_remove_on_a_bucket(bucket, request):
+    root = as_path(request.getfixturevalue(bucket)) / "job"
     write_atomically(root / "a" / "one.json", '{"a": 1}')
     (root / "a" / "two.parquet").write_bytes(b"x")
     (root / "b" / "c" / "three.parquet").write_text("y")
@@ -53,6 +54,14 @@ def test_write_read_list_and_remove_on_a_bucket(s3_bucket):
     assert (root / "b" / "c" / "three.parquet").exists()
     with pytest.raises(ValueError, match="cannot append"):
         (root / "log.jsonl").open("a")
+
+
+def test_a_missing_gcs_bucket_is_one_line_naming_the_url(gcs_server):
+    pattern = "gs://no-such-bucket-10/x/*.parquet"
+    with pytest.raises(StorageError, match=f"^{re.escape(pattern)}: no such bucket$"):
+        list_files(pattern)
+    with pytest.raises(StorageError, match=r"^gs://no-such-bucket-10/x/a\.json: no such bucket$"):
+        as_path("gs://no-such-bucket-10/x/a.json").read_text()
 
 
 def test_a_missing_bucket_is_one_line_naming_the_url(s3_server):

@@ -245,7 +245,7 @@ class RecapDataConfig(BaseConfig):
     interleave_num_parallel_calls: pydantic.PositiveInt | None = Field(
         None,
         description="Threads reading and decoding row groups in parallel (default: the number "
-        "of CPUs, at most 4).",
+        "of CPUs, at most 4; twice that for files in an object store, whose reads wait on it).",
     )
     seg_dense_schema: SegDenseSchema = Field(description="Schema and feature selection.")
     tasks: dict[str, TaskData] = Field(

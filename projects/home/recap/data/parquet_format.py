@@ -36,7 +36,7 @@ from projects.home.recap.data.schema import (
     SegDenseSchema,
     parse_schema,
 )
-from tml.storage import StorageError, open_input_file
+from tml.storage import StorageError, fetch_ranges, is_url, open_input_file
 
 METADATA_KEY = b"tml.segdense"
 FORMAT_VERSION = 1
@@ -265,6 +265,10 @@ class ParquetDataFile:
     Implements :class:`projects.home.recap.data.reader.DataFile`. Opening reads only the
     footer. The object is cheap to pickle and safe to share between threads: each read opens
     the file anew with the already-parsed footer.
+
+    A file in an object store is read a row group at a time by fetching the wanted column
+    chunks together (:func:`tml.storage.fetch_ranges`: a few concurrent ranged requests, no
+    metadata request) and decoding them from memory; the memory a read holds is those chunks.
     """
 
     def __init__(self, path: str, schema: SegDenseSchema, reads: Sequence[FeatureRead]):
@@ -275,9 +279,11 @@ class ParquetDataFile:
                 column, or a column has the wrong type or length.
         """
         self.path = path
+        self._remote = is_url(path)
         try:
             with _source(path) as source:
                 self._metadata = pq.read_metadata(source)
+                self._size = None if isinstance(source, str) else source.size()
         except StorageError:
             raise  # no such bucket / access denied: stops the job even with ignore_data_errors
         except (OSError, pa.ArrowException) as error:
@@ -295,6 +301,7 @@ class ParquetDataFile:
         for read in self._reads:
             self._plans[read.spec.name] = self._plan_feature(read, layout, arrow)
             self._columns.extend(item.chunk.column for item in self._plans[read.spec.name])
+        self._leaves = _leaf_columns(self._metadata, self._columns) if self._remote else []
 
     @property
     def columns(self) -> list[str]:
@@ -409,16 +416,12 @@ class ParquetDataFile:
             DataFileError: as :meth:`read`.
         """
         try:
-            with _source(self.path) as source:
-                # pre_buffer on a remote file fetches the wanted column chunks of the row group
-                # in a few coalesced ranged reads instead of one request per page; a local
-                # file gains nothing from it.
-                parquet = pq.ParquetFile(
-                    source, metadata=self._metadata, pre_buffer=not isinstance(source, str)
-                )
-                # One thread per row group: the loader runs several readers, and a fixed thread
-                # count keeps its CPU use predictable next to the trainer.
-                table = parquet.read_row_group(row_group, columns=self._columns, use_threads=False)
+            if self._remote:
+                table = self._read_remote(row_group)
+            else:
+                with _source(self.path) as source:
+                    parquet = pq.ParquetFile(source, metadata=self._metadata, pre_buffer=False)
+                    table = self._read_table(parquet, row_group)
         except StorageError:
             raise
         except (OSError, pa.ArrowException) as error:
@@ -431,6 +434,24 @@ class ParquetDataFile:
             for item in self._plans[read.spec.name]:
                 values = self._column_values(table.column(item.chunk.column), item.chunk, rows)
                 target[destination, item.target] = values[:, item.local]
+
+    def _read_table(self, parquet: pq.ParquetFile, row_group: int) -> pa.Table:
+        # One thread per row group: the loader runs several readers, and a fixed thread count
+        # keeps its CPU use predictable next to the trainer.
+        return parquet.read_row_group(row_group, columns=self._columns, use_threads=False)
+
+    def _read_remote(self, row_group: int) -> pa.Table:
+        assert self._size is not None
+        metadata = self._metadata.row_group(row_group)
+        ranges = [_chunk_range(metadata.column(leaf)) for leaf in self._leaves]
+        with fetch_ranges(self.path, ranges, size=self._size) as fetched:
+            # The footer is already parsed and the chunks are in memory: pyarrow reads each
+            # chunk once, without a pre_buffer of its own (which would coalesce over gaps
+            # that were not fetched).
+            parquet = pq.ParquetFile(
+                pa.PythonFile(fetched, mode="r"), metadata=self._metadata, pre_buffer=False
+            )
+            return self._read_table(parquet, row_group)
 
     def _column_values(self, column: pa.ChunkedArray, chunk: ColumnChunk, rows: int) -> np.ndarray:
         where = f"{self.path}: column '{chunk.column}'"
@@ -454,6 +475,33 @@ class ParquetDataFile:
             raise DataFileError(f"{where}: {array.null_count} null values")
         values = array.to_numpy(zero_copy_only=False)
         return values.reshape(rows, width)
+
+
+def _leaf_columns(metadata: pq.FileMetaData, columns: Sequence[str]) -> list[int]:
+    """Indices of the Parquet leaf columns that store the top-level ``columns``.
+
+    A leaf's path is its column's name, or that name, ``.`` and the nested part
+    (``name.list.element``). A name holding dots could also match another column's leaves;
+    that only fetches more bytes than needed, never fewer.
+    """
+    wanted = set(columns)
+    leaves = []
+    for index in range(metadata.num_columns):
+        path = metadata.schema.column(index).path
+        parts = path.split(".")
+        if any(".".join(parts[:cut]) in wanted for cut in range(1, len(parts) + 1)):
+            leaves.append(index)
+    return leaves
+
+
+def _chunk_range(column: pq.ColumnChunkMetaData) -> tuple[int, int]:
+    """Where a column chunk's bytes lie in its file: ``[start, stop)``."""
+    start = column.data_page_offset
+    dictionary = column.dictionary_page_offset if column.has_dictionary_page else None
+    # Some writers record 0 for a missing dictionary page.
+    if dictionary is not None and 0 < dictionary < start:
+        start = dictionary
+    return start, start + column.total_compressed_size
 
 
 class ParquetFormat:

@@ -22,8 +22,15 @@ from projects.home.recap.data.reader import Arrays, DataFile, DataFileError, Fea
 from projects.home.recap.data.schema import SegDenseSchema
 from projects.home.recap.data.sharing import DatasetError, RowGroup
 from projects.home.recap.data.value_checks import PlacedRowGroup, ValueChecks
+from tml.storage import is_url
 
 logger = logging.getLogger(__name__)
+
+# Files opened at once when some are in an object store: opening one is a few small requests
+# (its size, its footer) that spend their time waiting on the store, so a day of thousands of
+# files opens in seconds instead of minutes. Local files open one after the other (the page
+# cache answers at once).
+REMOTE_OPEN_THREADS = 16
 
 # Arrays a window carries besides the features when asked for row ids: the index of the row's
 # file in the share, and the row's index within that file.
@@ -39,21 +46,31 @@ def open_files(
     *,
     ignore_errors: bool,
 ) -> tuple[list[DataFile], list[str]]:
-    """Opens every path for ``reads``: the files that opened, and the paths skipped.
+    """Opens every path for ``reads`` (remote ones ``REMOTE_OPEN_THREADS`` at a time): the
+    files that opened, in the order of ``paths``, and the paths skipped.
 
     Raises:
         DataFileError: for the first file that cannot be opened, unless ``ignore_errors``.
     """
+
+    def attempt(path: str) -> DataFile | DataFileError:
+        try:
+            return file_format.open(path, schema, reads)
+        except DataFileError as error:
+            return error
+
+    threads = REMOTE_OPEN_THREADS if any(is_url(path) for path in paths) else 0
     opened: list[DataFile] = []
     skipped: list[str] = []
-    for path in paths:
-        try:
-            opened.append(file_format.open(path, schema, reads))
-        except DataFileError as error:
-            if not ignore_errors:
-                raise
-            skipped.append(path)
-            logger.warning("ignore_data_errors: skipping %s (%d skipped)", error, len(skipped))
+    results = ordered_map(attempt, paths, threads=threads, lookahead=2 * threads, name="recap-open")
+    for path, result in zip(paths, results, strict=True):
+        if not isinstance(result, DataFileError):
+            opened.append(result)
+            continue
+        if not ignore_errors:
+            raise result
+        skipped.append(path)
+        logger.warning("ignore_data_errors: skipping %s (%d skipped)", result, len(skipped))
     return opened, skipped
 
 

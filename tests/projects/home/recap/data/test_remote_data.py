@@ -1,7 +1,9 @@
-"""The loader on an S3 bucket (moto on loopback, tests/conftest.py): the same batches as from
-disk, ranged reads of only the needed column chunks, faults retried, one-line errors."""
+"""The loader on an S3 bucket (moto on loopback, tests/conftest.py) and a Google Cloud Storage
+one (an emulator on loopback): the same batches as from disk, ranged reads of only the needed
+column chunks, files opened together, faults retried, one-line errors."""
 
 import itertools
+import time
 
 import fsspec
 import numpy as np
@@ -11,6 +13,7 @@ import torch
 
 from projects.home.recap.data.dataset import ReadOptions, build_dataset
 from projects.home.recap.data.files import select_files
+from projects.home.recap.data.reader import DataFileError
 from tml.storage import StorageError
 
 
@@ -72,12 +75,37 @@ def test_a_dataset_on_a_bucket_reads_the_batches_it_reads_from_disk(
     assert select_files(config_at(s3_bucket).model_copy()) == [
         f"{s3_bucket}/data/part-{index:05d}.parquet" for index in range(3)
     ]
+    # Remote reads wait on the store: twice the default readers keep the CPUs busy.
+    assert remote.reader_threads == 2 * local.reader_threads
     expected, got = batch_values(local), batch_values(remote)
     assert len(got) == len(expected) == 6
     for left, right in zip(expected, got, strict=True):
         for a, b in zip(left, right, strict=True):
             torch.testing.assert_close(a, b)
     assert got[0][0].shape[1] == 3  # the remote mask was applied
+
+
+def test_a_dataset_on_a_gcs_bucket_reads_the_batches_it_reads_from_disk(
+    tmp_path, write_files, make_config, gcs_bucket
+):
+    write_files([10, 7, 5], row_group_size=3)
+    fs = fsspec.filesystem("gs")
+    fs.put(str(tmp_path / "data"), f"{gcs_bucket}/data", recursive=True)
+    fs.put(str(tmp_path / "segdense.json"), f"{gcs_bucket}/segdense.json")
+    local = build_dataset(make_config(), options=ReadOptions.evaluation(), tasks=["label.a"])
+    remote = build_dataset(
+        remote_config(make_config, gcs_bucket, tmp_path),
+        options=ReadOptions.evaluation(),
+        tasks=["label.a"],
+    )
+    assert remote.file_paths == [
+        f"{gcs_bucket}/data/part-{index:05d}.parquet" for index in range(3)
+    ]
+    expected, got = batch_values(local), batch_values(remote)
+    assert len(got) == len(expected) == 6
+    for left, right in zip(expected, got, strict=True):
+        for a, b in zip(left, right, strict=True):
+            torch.testing.assert_close(a, b)
 
 
 def test_remote_reads_fetch_only_the_needed_column_chunks(
@@ -106,7 +134,7 @@ def test_remote_reads_fetch_only_the_needed_column_chunks(
     }
     needed = sum(chunks[name].total_compressed_size for name in dataset.columns_read)
     skipped = size - needed
-    # The columns read, plus at most the small gaps pyarrow coalesces over between them.
+    # The columns read, plus at most the small gaps fetch_ranges reads over between them.
     assert needed <= fetched < needed + skipped / 2, (needed, fetched, size)
 
 
@@ -126,6 +154,37 @@ def test_transient_errors_while_loading_are_retried(
     ids = [batch.extra_features["meta__tweet_id"].flatten().tolist() for batch in dataset]
     assert sorted(itertools.chain.from_iterable(ids)) == list(range(17))
     assert s3_server.faults.fail_next == 0 and s3_server.faults.delay_next == 0
+
+
+def test_files_on_a_bucket_open_together_in_order_and_a_bad_one_is_named(
+    tmp_path, write_files, make_config, s3_bucket, s3_server
+):
+    write_files([3] * 20)
+    (tmp_path / "data" / "part-00007.parquet").write_bytes(b"garbage")
+    upload(tmp_path / "data", f"{s3_bucket}/data")
+    upload(tmp_path / "segdense.json", f"{s3_bucket}/segdense.json")
+    bad = f"{s3_bucket}/data/part-00007.parquet"
+    with pytest.raises(DataFileError, match=rf"^cannot read Parquet file {bad}"):
+        build_dataset(
+            remote_config(make_config, s3_bucket, tmp_path),
+            options=ReadOptions.inference(),
+            tasks=["label.a"],
+        )
+    # Each file's size and footer are slow answers: opened one after the other, 20 files
+    # would take 20 x 2 x 0.2 s.
+    s3_server.faults.delay_next, s3_server.faults.delay_seconds = 40, 0.2
+    started = time.monotonic()
+    dataset = build_dataset(
+        remote_config(make_config, s3_bucket, tmp_path, ignore_data_errors=True),
+        options=ReadOptions.inference(),
+        tasks=["label.a"],
+    )
+    assert time.monotonic() - started < 4
+    assert dataset.skipped_files == [bad]
+    expected = [f"{s3_bucket}/data/part-{index:05d}.parquet" for index in range(20) if index != 7]
+    assert dataset.file_paths == expected
+    ids = [batch.extra_features["meta__tweet_id"].flatten().tolist() for batch in dataset]
+    assert list(itertools.chain.from_iterable(ids)) == [i for i in range(60) if i // 3 != 7]
 
 
 def test_date_folders_under_a_bucket(tmp_path, make_config, s3_bucket):
