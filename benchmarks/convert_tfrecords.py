@@ -1,14 +1,15 @@
 """Throughput of the TFRecord converter on the full 2022 schema, beside tf.data's read rate.
 
     .venv/bin/python benchmarks/convert_tfrecords.py [--num_examples 8192] [--num_files 4]
-        [--tf_python /tmp/tfenv/bin/python]
+        [--row_group_size 2048] [--tf_python /tmp/tfenv/bin/python]
 
 Writes production-shaped synthetic examples (the data generator, local_prod.yaml's schema: 6000
 continuous, 512 binary, 320 discrete, 13 labels, 3 ids, three 200-wide embeddings) as gzipped
 TFRecords of tf.Example, then prints records/s of:
 
 * the converter's stages in one process: framing (gzip, both checksums), then tf.Example
-  decoding into columns;
+  decoding into columns, and apart from them the Parquet write alone (the decoded columns,
+  already in memory, written as the converter writes them);
 * the whole command in one process (read, checksums, decode, write zstd Parquet);
 * the converter with one process per core (``--num_workers`` = CPU count);
 * tf.data reading the same files (TFRecordDataset + parse_example of every feature, batches of
@@ -19,11 +20,22 @@ Each one-process figure is given twice: records per second of wall time, and rec
 second of the process's CPU time (all its threads), which is what "per core" means and moves
 far less with the load of a shared machine. Compare ratios within one run: absolute rates
 move with that load.
+
+The default 2,048 rows per file (one row group each) are far smaller than production files
+(hundreds of MB), but the per-record cost does not depend on that here: the full schema is 33
+Parquet columns, not thousands (long features are stored as 512-value ``fixed_size_list``
+chunks), so what is fixed per column chunk, row group or file is small beside ~33 KB of
+values per record. Measured on the 2-core development machine (docs/data.md, Converter
+throughput), the Parquet write cost 184-219 us of CPU per record at 512, 4,096 and 16,384 rows
+per file with 2,048-row groups, and 190-213 us with 8,192- and 16,384-row groups, all within the
+run-to-run noise; so the defaults stay small enough for a quick run (``--num_examples`` and
+``--num_files`` set the rows per file, ``--row_group_size`` the converter's row groups).
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import glob
 import importlib.util
 import json
@@ -33,6 +45,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -41,7 +54,7 @@ import numpy as np  # noqa: E402
 import pyarrow.parquet as pq  # noqa: E402
 
 from projects.home.recap.config import RecapConfig  # noqa: E402
-from projects.home.recap.data.parquet_format import WriteOptions  # noqa: E402
+from projects.home.recap.data.parquet_format import SegDenseWriter, WriteOptions  # noqa: E402
 from projects.home.recap.data.schema import load_schema  # noqa: E402
 from projects.home.recap.data.tf_example import ExampleColumns, encode_example  # noqa: E402
 from projects.home.recap.data.tfrecord import iter_records, write_records  # noqa: E402
@@ -127,10 +140,29 @@ def _best(rates: dict[str, tuple[float, float]], stage: str, count: int, start: 
     )
 
 
-def stage_rates(files: list[str], schema_path: str) -> dict[str, tuple[float, float]]:
+def _decoded(files: list[str], schema: Any, row_group_size: int) -> list[list[dict[str, Any]]]:
+    """Every file's records decoded into the converter's batches (one list per file)."""
+    decoded: list[list[dict[str, Any]]] = []
+    for path in files:
+        columns = ExampleColumns(schema)
+        decoded.append([])
+        for _, data in iter_records(path):
+            columns.add(data)
+            if len(columns) == row_group_size:
+                decoded[-1].append(columns.take())
+        if len(columns):
+            decoded[-1].append(columns.take())
+    return decoded
+
+
+def stage_rates(
+    files: list[str], schema_path: str, row_group_size: int, scratch: str
+) -> dict[str, tuple[float, float]]:
     """(records/s of wall time, of CPU time) of the converter's stages in this process:
-    framing with checksums (and gzip), then tf.Example decoding into columns on top."""
+    framing with checksums (and gzip), then tf.Example decoding into columns on top; and the
+    Parquet write alone, of the decoded columns held in memory, one output file per input."""
     schema = load_schema(schema_path)
+    options = dataclasses.replace(WriteOptions(), row_group_size=row_group_size)
     rates: dict[str, tuple[float, float]] = {}
     for _ in range(REPEATS):
         start, count = (time.perf_counter(), time.process_time()), 0
@@ -143,19 +175,29 @@ def stage_rates(files: list[str], schema_path: str) -> dict[str, tuple[float, fl
             columns = ExampleColumns(schema)
             for _, data in iter_records(path):
                 columns.add(data)
-                if len(columns) == 2048:
+                if len(columns) == row_group_size:
                     columns.take()
             columns.take()
         _best(rates, "read + decode", count, start)
+    decoded = _decoded(files, schema, row_group_size)
+    for _ in range(REPEATS):
+        start = (time.perf_counter(), time.process_time())
+        for index, batches in enumerate(decoded):
+            output = os.path.join(scratch, f"write-{index}.parquet")
+            with SegDenseWriter(output, schema, options) as writer:
+                for batch in batches:
+                    writer.write(batch)
+            os.remove(output)
+        _best(rates, "Parquet write alone", count, start)
     return rates
 
 
-def converter_cpu_rate(folder: str, schema_path: str, scratch: str) -> float:
+def converter_cpu_rate(folder: str, schema_path: str, scratch: str, row_group_size: int) -> float:
     """Records per CPU-second of the whole conversion in this process (one worker), best of
     REPEATS; the command's own start-up (imports) is left out, as for the other stages."""
     settings = Settings(
         schema=load_schema(schema_path).to_json(),
-        row_group_size=WriteOptions.row_group_size,
+        row_group_size=row_group_size,
         split_points={},
         compression="auto",
     )
@@ -169,7 +211,9 @@ def converter_cpu_rate(folder: str, schema_path: str, scratch: str) -> float:
     return best
 
 
-def converter_rate(folder: str, schema_path: str, scratch: str, workers: int) -> float:
+def converter_rate(
+    folder: str, schema_path: str, scratch: str, workers: int, row_group_size: int
+) -> float:
     """Records/s of the whole command (worker start-up included), best of REPEATS runs."""
     best = 0.0
     for repeat in range(REPEATS):
@@ -185,6 +229,8 @@ def converter_rate(folder: str, schema_path: str, scratch: str, workers: int) ->
                 schema_path,
                 "--num_workers",
                 str(workers),
+                "--row_group_size",
+                str(row_group_size),
                 "--no_progress",
             ],
             cwd=ROOT,
@@ -221,6 +267,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--num_examples", type=int, default=8192)
     parser.add_argument("--num_files", type=int, default=4)
+    parser.add_argument(
+        "--row_group_size",
+        type=int,
+        default=WriteOptions.row_group_size,
+        help="Rows per Parquet row group, in the converter and the write stage.",
+    )
     parser.add_argument("--tf_python", help="A Python with tensorflow-cpu, for tf.data's rate.")
     args = parser.parse_args()
     cores = os.cpu_count() or 1
@@ -229,21 +281,21 @@ def main() -> None:
         size = sum(os.path.getsize(path) for path in files)
         print(
             f"{args.num_examples} examples of the full 2022 schema in {len(files)} gzipped "
-            f"TFRecord files ({size / 1e6:.1f} MB)"
+            f"TFRecord files ({size / 1e6:.1f} MB), Parquet row groups of {args.row_group_size}"
         )
         folder = os.path.dirname(files[0])
-        stages = stage_rates(files, schema_path)
+        stages = stage_rates(files, schema_path, args.row_group_size, scratch)
         for stage, (rate, cpu_rate) in stages.items():
             print(
                 f"  stage {stage + ':':<30} {rate:9,.0f} records/s, {cpu_rate:9,.0f} per CPU-second"
             )
-        one = converter_rate(folder, schema_path, scratch, 1)
-        one_cpu = converter_cpu_rate(folder, schema_path, scratch)
+        one = converter_rate(folder, schema_path, scratch, 1, args.row_group_size)
+        one_cpu = converter_cpu_rate(folder, schema_path, scratch, args.row_group_size)
         print(
             f"converter (+ Parquet write), 1 process: {one:9,.0f} records/s, {one_cpu:9,.0f} "
             "per CPU-second"
         )
-        every = converter_rate(folder, schema_path, scratch, cores)
+        every = converter_rate(folder, schema_path, scratch, cores, args.row_group_size)
         print(f"converter, {cores} processes:{'':<17}{every:9,.0f} records/s ({every / one:.2f}x)")
         python = tf_python(args.tf_python)
         if python is None:
@@ -254,8 +306,9 @@ def main() -> None:
         print(f"tf.data read + parse, 1 thread: {wall:9,.0f} records/s, {cpu:9,.0f} per CPU-second")
         print(
             f"converter / tf.data: {one / wall:.2f} per process (wall), {one_cpu / cpu:.2f} per "
-            f"CPU-second; read + decode stage / tf.data: {stages['read + decode'][1] / cpu:.2f} "
-            "per CPU-second"
+            f"CPU-second; read + decode stage / tf.data: {stages['read + decode'][1] / cpu:.2f}, "
+            f"Parquet write alone / tf.data: {stages['Parquet write alone'][1] / cpu:.2f} per "
+            "CPU-second"
         )
 
 

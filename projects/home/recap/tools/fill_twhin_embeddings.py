@@ -140,8 +140,10 @@ def fill_files(
         for name, (start, stop) in chunks.items():
             part = np.ascontiguousarray(filled[:, start:stop]).reshape(-1)
             index = table.column_names.index(name)
-            column = pa.FixedSizeListArray.from_arrays(pa.array(part), stop - start)
-            table = table.set_column(index, table.schema.field(index), column)
+            field = table.schema.field(index)
+            # The column's own type: its values are non-nullable in files SegDenseWriter wrote.
+            column = pa.FixedSizeListArray.from_arrays(pa.array(part), type=field.type)
+            table = table.set_column(index, field, column)
         options = WriteOptions()
         with target.open("wb") as file:
             pq.write_table(

@@ -189,3 +189,17 @@ def test_writer_rejects_wrong_shapes(tmp_path):
         pytest.raises(ValueError, match=r"feature 'x' needs shape \[rows, 3\], got \[2, 2\]"),
     ):
         writer.write({"x": np.zeros((2, 2), np.float32)})
+
+
+def test_list_values_are_written_non_nullable(write_files):
+    # Dense features have no missing values: one definition level less per value to write.
+    (path,) = write_files([6])
+    lists = [field for field in pq.read_schema(path) if pa.types.is_fixed_size_list(field.type)]
+    assert lists
+    assert not any(field.type.value_field.nullable for field in lists)
+    parquet = pq.ParquetFile(path).schema
+    leaves = [
+        parquet.column(i) for i in range(len(parquet)) if parquet.column(i).max_repetition_level
+    ]
+    assert leaves
+    assert {leaf.max_definition_level for leaf in leaves} == {1}
