@@ -34,6 +34,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import torch
@@ -45,7 +46,6 @@ from model_step import (
     describe_machine,
     load_average,
     make_optimizer_with_copies,
-    median_seconds,
     multiply_accumulates,
     peak_rss_mib,
     square_gemm_seconds,
@@ -94,8 +94,15 @@ def model_alone_worker(dtype_name: str, batch_size: int, steps: int) -> ModelAlo
     optimizer, _ = make_optimizer_with_copies(model, fused=True, copies=dtype is not None)
     for _ in range(3):
         train_step(model, optimizer, batch, dtype)
-    step = median_seconds(lambda: train_step(model, optimizer, batch, dtype), steps)
-    square = square_gemm_seconds(dtype or torch.float32)
+    # Steps and the square GEMM alternate, so a slower stretch of the machine hits both alike.
+    steps_seconds, square_seconds = [], []
+    for _ in range(steps):
+        started = time.perf_counter()
+        train_step(model, optimizer, batch, dtype)
+        steps_seconds.append(time.perf_counter() - started)
+        square_seconds.append(square_gemm_seconds(dtype or torch.float32))
+    step = statistics.median(steps_seconds)
+    square = statistics.median(square_seconds)
     flops = 6 * multiply_accumulates(model)
     ceiling = (2 * SQUARE**3 / square) / flops
     return ModelAlone(batch_size / step, ceiling, peak_rss_mib())
