@@ -3,9 +3,9 @@
 A CPU training step allocates and frees the same large tensors every step (activations, weight
 gradients, autocast's casts). glibc's malloc serves large requests with ``mmap`` and gives
 freed memory back to the kernel, so every step touches fresh pages again, each one a page fault
-and a page of zeroing: ~27,000 faults a step for the production-shaped model at batch 512 in
-bf16, none once freed memory is kept. Memory stays at the step's own peak (the allocator reuses
-what it keeps); it is not a leak.
+and a page of zeroing: 8,000-27,000 faults a step for the production-shaped model at batch 512
+in bf16 (more on a loaded machine), none once freed memory is kept. Memory stays at the step's
+own peak (the allocator reuses what it keeps); it is not a leak.
 """
 
 from __future__ import annotations
