@@ -1,8 +1,10 @@
 """Fixtures shared across the test tree."""
 
+import contextlib
 import logging
 import os
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -54,6 +56,35 @@ def single_process_group(monkeypatch) -> DistributedEnvironment:
     shutdown_distributed()
 
 
+@contextlib.contextmanager
+def _environment(variables: dict[str, str]) -> Iterator[None]:
+    """Sets environment variables for the duration (child processes inherit them)."""
+    saved = {name: os.environ.get(name) for name in variables}
+    os.environ.update(variables)
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+
+
+def _fresh_bucket(protocol: str, test_name: str) -> str:
+    """An empty bucket named after the test on the ``protocol`` store; returns its URL."""
+    import fsspec
+
+    name = "t-" + "".join(c if c.isalnum() else "-" for c in test_name.lower())[:50]
+    name = name.strip("-")
+    fs = fsspec.filesystem(protocol)
+    fs.invalidate_cache()
+    if fs.exists(name):
+        fs.rm(name, recursive=True)
+    fs.mkdir(name)
+    return f"{protocol}://{name}"
+
+
 @pytest.fixture(scope="session")
 def s3_server():
     """moto's S3 server (behind a fault-injecting proxy) on loopback for the whole session, with
@@ -61,31 +92,17 @@ def s3_server():
     from tests.helpers.s3_server import S3Server
 
     server = S3Server.start()
-    saved = {name: os.environ.get(name) for name in server.environment()}
-    os.environ.update(server.environment())
-    yield server
-    for name, value in saved.items():
-        if value is None:
-            os.environ.pop(name, None)
-        else:
-            os.environ[name] = value
+    with _environment(server.environment()):
+        yield server
     server.stop()
 
 
 @pytest.fixture
 def s3_bucket(s3_server, request):
     """A fresh empty bucket named after the test; yields its URL (``s3://name``)."""
-    import fsspec
-
-    name = "t-" + "".join(c if c.isalnum() else "-" for c in request.node.name.lower())[:50]
-    name = name.strip("-")
-    fs = fsspec.filesystem("s3")
-    fs.invalidate_cache()
-    if fs.exists(name):
-        fs.rm(name, recursive=True)
-    fs.mkdir(name)
+    url = _fresh_bucket("s3", request.node.name)
     s3_server.faults.reset()
-    yield f"s3://{name}"
+    yield url
     s3_server.faults.reset()
 
 
@@ -98,38 +115,23 @@ def gcs_server():
     from tests.helpers.gcs_server import GcsServer
 
     server = GcsServer.start()
-    saved = {name: os.environ.get(name) for name in server.environment()}
-    os.environ.update(server.environment())
-    # Both are read at import: set before gcsfs is first imported (below), and fsspec's
-    # configuration is updated for this process, which imported fsspec already.
-    pytest.importorskip("gcsfs")
-    import fsspec.config
+    with _environment(server.environment()):
+        # Both are read at import: set before gcsfs is first imported (below), and fsspec's
+        # configuration is updated for this process, which imported fsspec already.
+        pytest.importorskip("gcsfs")
+        import fsspec.config
 
-    saved_config = fsspec.config.conf.get("gs")
-    fsspec.config.conf["gs"] = {**(saved_config or {}), "token": "anon"}
-    yield server
-    if saved_config is None:
-        fsspec.config.conf.pop("gs", None)
-    else:
-        fsspec.config.conf["gs"] = saved_config
-    for name, value in saved.items():
-        if value is None:
-            os.environ.pop(name, None)
+        saved_config = fsspec.config.conf.get("gs")
+        fsspec.config.conf["gs"] = {**(saved_config or {}), "token": "anon"}
+        yield server
+        if saved_config is None:
+            fsspec.config.conf.pop("gs", None)
         else:
-            os.environ[name] = value
+            fsspec.config.conf["gs"] = saved_config
     server.stop()
 
 
 @pytest.fixture
 def gcs_bucket(gcs_server, request):
     """A fresh empty bucket named after the test; yields its URL (``gs://name``)."""
-    import fsspec
-
-    name = "t-" + "".join(c if c.isalnum() else "-" for c in request.node.name.lower())[:50]
-    name = name.strip("-")
-    fs = fsspec.filesystem("gs")
-    fs.invalidate_cache()
-    if fs.exists(name):
-        fs.rm(name, recursive=True)
-    fs.mkdir(name)
-    yield f"gs://{name}"
+    yield _fresh_bucket("gs", request.node.name)
