@@ -5,15 +5,15 @@ Two decoders, one meaning:
 
 * :func:`parse_example` uses protobuf with a descriptor of tf.Example built here (the message
   layout of TensorFlow's ``example.proto`` and ``feature.proto``; it has not changed since
-  2016). It accepts every valid encoding and is the reference: ``--verify`` and the inspection
-  command use it.
-* :class:`ExampleColumns` parses with a second descriptor of the same messages in which the
-  packed numeric lists are declared ``bytes``: on the wire a packed list *is* one
-  length-delimited field, so protobuf's C parser (upb) hands each list over as one bytes object
-  and no value ever becomes a Python object. Floats are already little-endian float32; the
-  varints of a whole batch are decoded at once with numpy. A record that does not re-encode to
-  its own size under that descriptor (unpacked values, a list or message in several pieces)
-  goes through :func:`parse_example` instead, so both give the same values.
+  2016). It accepts every valid encoding and is the reference: ``--verify``, the inspection
+  command and every record the batch scan does not recognise use it.
+* :class:`ExampleColumns` decodes a batch at once: :mod:`example_scan` finds each feature's
+  packed payload in every record with numpy; floats are then little-endian float32 as they lie,
+  and the varints of a whole column are decoded together. No value becomes a Python object.
+  The scan recognises only the canonical encoding (what TensorFlow writes); any other record,
+  and any whose values do not fit the schema, goes through :func:`parse_example`, so both give
+  the same values and the same errors (``test_example_scan.py`` checks this on damaged
+  records).
 
 Features the schema lists but a record lacks get the original's defaults (it parsed every
 feature as a ``FixedLenFeature`` with default 0, 0.0 or b""; variable-length ones as empty), and
@@ -23,12 +23,21 @@ are counted. Features a record holds beyond the schema are ignored, as the origi
 from __future__ import annotations
 
 import collections
-from collections.abc import Callable, Mapping
+import dataclasses
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
 from google.protobuf import descriptor_pb2, descriptor_pool, message, message_factory
 
+from projects.home.recap.data.example_scan import (
+    ABSENT,
+    BYTES_LIST,
+    FLOAT_LIST,
+    INT64_LIST,
+    ScannedRecords,
+    scan_examples,
+)
 from projects.home.recap.data.schema import (
     VARIABLE_LENGTH,
     FeatureDtype,
@@ -40,6 +49,7 @@ from tml.core.errors import UserInputError
 # Field numbers of Feature's one-of, by kind (tensorflow/core/example/feature.proto).
 _KIND_FIELDS = {FeatureDtype.BYTES_LIST: 1, FeatureDtype.FLOAT_LIST: 2, FeatureDtype.INT64_LIST: 3}
 _CONTINUATION_BYTES = bytes(range(0x80, 0x100))
+_MAX_VARINT = 10
 _DEFAULTS: dict[FeatureDtype, Any] = {
     FeatureDtype.INT64_LIST: 0,
     FeatureDtype.FLOAT_LIST: 0.0,
@@ -51,15 +61,10 @@ class ExampleError(UserInputError):
     """A record is not a valid tf.Example for the schema; the message says which feature."""
 
 
-def _build_example_class(packed_as_bytes: bool = False) -> type[message.Message]:
-    """tf.Example as a protobuf class, from a descriptor written out field by field.
-
-    Args:
-        packed_as_bytes: Declare FloatList and Int64List's values as one ``bytes`` field, which
-            reads their packed encoding as the raw payload (and refuses other encodings).
-    """
+def _build_example_class() -> type[message.Message]:
+    """tf.Example as a protobuf class, from a descriptor written out field by field."""
     field = descriptor_pb2.FieldDescriptorProto
-    package = "tml_raw" if packed_as_bytes else "tensorflow"
+    package = "tensorflow"
     proto = descriptor_pb2.FileDescriptorProto(
         name=f"tml/{package}_example.proto", package=package, syntax="proto3"
     )
@@ -68,11 +73,6 @@ def _build_example_class(packed_as_bytes: bool = False) -> type[message.Message]
         ("FloatList", field.TYPE_FLOAT),
         ("Int64List", field.TYPE_INT64),
     ):
-        if packed_as_bytes and value_type != field.TYPE_BYTES:
-            proto.message_type.add(name=name).field.add(
-                name="value", number=1, type=field.TYPE_BYTES, label=field.LABEL_OPTIONAL
-            )
-            continue
         values = proto.message_type.add(name=name).field.add(
             name="value", number=1, type=value_type, label=field.LABEL_REPEATED
         )
@@ -122,7 +122,6 @@ def _build_example_class(packed_as_bytes: bool = False) -> type[message.Message]
 
 
 Example = _build_example_class()
-_RawExample = _build_example_class(packed_as_bytes=True)
 
 Values = np.ndarray | list[bytes]
 
@@ -211,117 +210,138 @@ def _count_values(kind: FeatureDtype, payload: bytes) -> int:
     return len(payload.translate(None, _CONTINUATION_BYTES))
 
 
-def _quick_check(spec: FeatureSpec) -> Callable[[bytes], bool] | None:
-    """For a fixed-length numeric feature, a test that its packed payload holds exactly the
-    schema's number of values (True), cheaper than counting them; None for other features."""
-    if not spec.is_fixed_numeric:
-        return None
-    length = spec.length
-    if spec.dtype == FeatureDtype.FLOAT_LIST:
-        size = 4 * length
-        return lambda payload: len(payload) == size
+@dataclasses.dataclass
+class DecodedRecords:
+    """The records of one :meth:`ExampleColumns.take`.
 
-    def terminators_match(payload: bytes) -> bool:
-        # One terminating byte (high bit clear) per varint, and the payload ends with one.
-        return (
-            payload[-1:] < b"\x80" and len(payload.translate(None, _CONTINUATION_BYTES)) == length
-        )
+    Attributes:
+        columns: Feature name -> the accepted records' values, in the writer's form (one array
+            per fixed-length numeric feature, lists for the others), rows in record order.
+        rows: How many records were accepted.
+        rejected: (position among the records added, why) of each record left out.
+    """
 
-    return terminators_match
+    columns: dict[str, Any]
+    rows: int
+    rejected: list[tuple[int, ExampleError]]
 
 
 class ExampleColumns:
-    """Gathers decoded records into per-feature columns for :class:`SegDenseWriter`.
+    """Gathers serialized records into per-feature columns for :class:`SegDenseWriter`.
 
-    ``add`` checks a record against the schema (kinds, lengths) and keeps it only when it is
-    valid, so a caller may skip a bad record and go on; ``take`` returns the rows gathered so
-    far (one array per fixed-length numeric feature, lists for the others) and starts over.
+    ``add`` queues a record; ``take`` decodes everything queued at once and starts over. A
+    record that is not a valid tf.Example for the schema (wrong kind or number of values, not a
+    tf.Example at all) is left out whole and reported with its position, so a caller may skip
+    it and go on.
+
+    Decoding is a batch scan (:mod:`example_scan`) that finds every feature's packed payload in
+    all records with numpy; floats are then little-endian float32 as they lie, and the varints
+    of a whole column are decoded at once. A record the scan does not recognise, or whose values
+    do not fit the schema, is decoded on its own by protobuf (which also words the error).
 
     Attributes:
-        missing: Feature name -> records that lacked it and got the default.
+        missing: Feature name -> accepted records that lacked it and got the default.
     """
 
     def __init__(self, schema: SegDenseSchema):
         self.schema = schema
         self.specs = list(schema)
-        # name -> (index, kind, payload check): the check a fixed-length numeric feature's
-        # payload passes in one comparison (float bytes, or varint terminators), else None.
-        self._plan = {
-            spec.name: (index, spec.dtype.value, _quick_check(spec))
-            for index, spec in enumerate(self.specs)
-        }
+        self._columns = {spec.name: index for index, spec in enumerate(self.specs)}
         self.missing: collections.Counter[str] = collections.Counter()
-        self._reset()
-
-    def _reset(self) -> None:
-        self.rows = 0
-        # Per feature: rows with a packed payload, the payloads, rows decoded another way.
-        self._payload_rows: list[list[int]] = [[] for _ in self.specs]
-        self._payloads: list[list[bytes]] = [[] for _ in self.specs]
-        self._decoded: list[list[tuple[int, Any]]] = [[] for _ in self.specs]
+        self._records: list[bytes] = []
 
     def __len__(self) -> int:
-        return self.rows
+        return len(self._records)
 
     def add(self, data: bytes) -> None:
-        """Adds one serialized tf.Example as the next row.
+        """Queues one serialized tf.Example as the next record."""
+        self._records.append(data)
+
+    def take(self) -> DecodedRecords:
+        """Decodes the queued records; then starts over."""
+        records, self._records = self._records, []
+        scan = scan_examples(records, self._columns)
+        # Per feature: (rows decoded from the scan, their values); rows whose values the scan
+        # cannot vouch for join the records protobuf decodes.
+        unsure = ~scan.understood
+        scanned = []
+        for index, spec in enumerate(self.specs):
+            rows, values, doubtful = self._scanned_values(scan, index, spec)
+            unsure[doubtful] = True
+            scanned.append((rows, values))
+        decoded: dict[int, dict[int, Any]] = {}
+        rejected: list[tuple[int, ExampleError]] = []
+        for row in np.flatnonzero(unsure).tolist():
+            try:
+                decoded[row] = self._decode_record(records[row])
+            except ExampleError as error:
+                rejected.append((row, error))
+        accepted = np.ones(len(records), dtype=bool)
+        accepted[[row for row, _ in rejected]] = False
+        output_row = np.cumsum(accepted) - 1
+        from_scan = ~unsure
+        columns = {}
+        for index, spec in enumerate(self.specs):
+            rows, values = scanned[index]
+            keep = from_scan[rows]
+            rows, values = rows[keep], _select(values, keep)
+            fallback = [
+                (int(output_row[row]), item[index])
+                for row, item in decoded.items()
+                if index in item
+            ]
+            present = len(rows) + len(fallback)
+            if present < accepted.sum():
+                self.missing[spec.name] += int(accepted.sum()) - present
+            columns[spec.name] = self._column(
+                spec, int(accepted.sum()), output_row[rows], values, fallback
+            )
+        return DecodedRecords(columns=columns, rows=int(accepted.sum()), rejected=rejected)
+
+    def _scanned_values(
+        self, scan: ScannedRecords, index: int, spec: FeatureSpec
+    ) -> tuple[np.ndarray, Any, np.ndarray]:
+        """One feature's values from the scan: (rows, values, rows to decode otherwise)."""
+        kinds = scan.kinds[:, index]
+        present = kinds != ABSENT
+        expected = _SCAN_KINDS.get(spec.dtype, ABSENT)
+        doubtful = present & (kinds != expected)
+        rows = np.flatnonzero(present & (kinds == expected))
+        offsets, lengths = scan.offsets[rows, index], scan.lengths[rows, index]
+        if not spec.is_fixed_numeric:
+            values, bad = _payload_lists(scan.buffer, offsets, lengths, spec)
+            doubtful[rows[bad]] = True
+            return rows[~bad], values, doubtful
+        if spec.dtype == FeatureDtype.FLOAT_LIST:
+            bad = lengths != 4 * spec.length
+            doubtful[rows[bad]] = True
+            rows, offsets = rows[~bad], offsets[~bad]
+            joined = _gather(scan.buffer, offsets, np.full(len(rows), 4 * spec.length))
+            return (
+                rows,
+                np.frombuffer(joined, dtype="<f4").reshape(len(rows), spec.length),
+                doubtful,
+            )
+        values, bad = _fixed_varints(scan, offsets, lengths, spec.length)
+        doubtful[rows[bad]] = True
+        return rows[~bad], values, doubtful
+
+    def _decode_record(self, data: bytes) -> dict[int, Any]:
+        """One record decoded by protobuf: feature index -> values (an array, or a list of
+        bytes).
 
         Raises:
             ExampleError: the record is not a tf.Example, or a feature has the wrong kind or
-                number of values; nothing of the record is kept.
+                number of values.
         """
-        try:
-            example = _RawExample.FromString(data)
-        except message.DecodeError:
-            example = None
-        # Serialized again it must take the record's own size: a packed list in several pieces
-        # (bytes keep the last piece) or a message split in two re-encodes shorter. Those, and
-        # unpacked values (which the bytes declaration refuses), take the reference decoder.
-        if example is None or example.ByteSize() != len(data):
-            self._add_parsed(parse_example(data))
-            return
-        plan = self._plan
-        staged = []
-        features = example.features.feature
-        # Check every feature before keeping any, so a bad record leaves no trace. (Keys, then
-        # lookups: the map's items() view iterates in Python, at twice the cost.)
-        for name in features:
-            planned = plan.get(name)
-            if planned is None:
-                continue
-            feature = features[name]
-            kind = feature.WhichOneof("kind")
-            if kind is None:
-                continue
-            index, expected_kind, quick = planned
-            if kind == FeatureDtype.BYTES_LIST:
-                values = list(feature.bytes_list.value)
-                self._check(self.specs[index], kind, len(values))
-            else:
-                values = getattr(feature, kind).value
-                if kind != expected_kind or quick is None or not quick(values):
-                    self._check(self.specs[index], kind, _count_values(kind, values))
-            staged.append((index, kind == FeatureDtype.BYTES_LIST, values))
-        row = self.rows
-        for index, is_bytes, values in staged:
-            if is_bytes:
-                self._decoded[index].append((row, values))
-            else:
-                self._payload_rows[index].append(row)
-                self._payloads[index].append(values)
-        self.rows = row + 1
-
-    def _add_parsed(self, parsed: Mapping[str, tuple[FeatureDtype, Values]]) -> None:
-        staged = []
+        parsed = parse_example(data)
+        values = {}
         for index, spec in enumerate(self.specs):
             item = parsed.get(spec.name)
             if item is not None:
-                kind, values = item
-                self._check(spec, kind, len(values))
-                staged.append((index, values))
-        for index, values in staged:
-            self._decoded[index].append((self.rows, values))
-        self.rows += 1
+                self._check(spec, item[0], len(item[1]))
+                values[index] = item[1]
+        return values
 
     @staticmethod
     def _check(spec: FeatureSpec, kind: FeatureDtype, count: int) -> None:
@@ -332,59 +352,125 @@ class ExampleColumns:
                 f"feature '{spec.name}' holds {count} values, the schema says {spec.length}"
             )
 
-    def take(self) -> dict[str, Any]:
-        """The gathered rows, feature name -> values in the writer's form; then starts over.
-
-        Raises:
-            ExampleError: a malformed varint, which only the batch decode detects.
-        """
-        for index, spec in enumerate(self.specs):
-            present = len(self._payload_rows[index]) + len(self._decoded[index])
-            if present < self.rows:
-                self.missing[spec.name] += self.rows - present
-        out = {spec.name: self._column(index, spec) for index, spec in enumerate(self.specs)}
-        self._reset()
-        return out
-
-    def _column(self, index: int, spec: FeatureSpec) -> Any:
-        rows = self.rows
-        if not spec.is_fixed_numeric:
-            return self._list_column(index, spec)
-        dtype = spec.numpy_dtype
-        payload_rows = self._payload_rows[index]
-        if len(payload_rows) == rows and not self._decoded[index]:
-            matrix = None
-        else:
-            matrix = np.zeros((rows, spec.length), dtype=dtype)
-        if payload_rows:
-            joined = b"".join(self._payloads[index])
-            if spec.dtype == FeatureDtype.FLOAT_LIST:
-                values = np.frombuffer(joined, dtype="<f4")
-            else:
-                values = decode_varints(joined)
-            values = values.reshape(len(payload_rows), spec.length)
-            if matrix is None:
-                return values
-            matrix[payload_rows] = values
-        for row, values in self._decoded[index]:
-            matrix[row] = values
-        return matrix
-
-    def _list_column(self, index: int, spec: FeatureSpec) -> list[Any]:
+    @staticmethod
+    def _column(
+        spec: FeatureSpec,
+        rows: int,
+        scanned_rows: np.ndarray,
+        scanned: Any,
+        decoded: list[tuple[int, Any]],
+    ) -> Any:
+        """A feature's column of ``rows`` records: scanned values at their rows, values decoded
+        one record at a time at theirs, the original's default elsewhere."""
+        if spec.is_fixed_numeric:
+            if len(scanned_rows) == rows:
+                return scanned
+            matrix = np.zeros((rows, spec.length), dtype=spec.numpy_dtype)
+            matrix[scanned_rows] = scanned
+            for row, values in decoded:
+                matrix[row] = values
+            return matrix
         default = _DEFAULTS[spec.dtype]
         fill: Any = [] if spec.length == VARIABLE_LENGTH else [default] * spec.length
-        column: list[Any] = [fill] * self.rows
-        for row, payload in zip(self._payload_rows[index], self._payloads[index], strict=True):
-            # Variable-length numeric features arrive packed.
-            if spec.dtype == FeatureDtype.FLOAT_LIST:
-                column[row] = np.frombuffer(payload, dtype="<f4").tolist()
-            else:
-                column[row] = decode_varints(payload).tolist()
-        for row, values in self._decoded[index]:
+        column: list[Any] = [fill] * rows
+        for row, values in zip(scanned_rows.tolist(), scanned, strict=True):
+            column[row] = values
+        for row, values in decoded:
             column[row] = values.tolist() if isinstance(values, np.ndarray) else list(values)
         if spec.dtype == FeatureDtype.BYTES_LIST and spec.length == 1:
             return [row[0] for row in column]
         return column
+
+
+# The scan's kind of each schema dtype.
+_SCAN_KINDS = {
+    FeatureDtype.BYTES_LIST: BYTES_LIST,
+    FeatureDtype.FLOAT_LIST: FLOAT_LIST,
+    FeatureDtype.INT64_LIST: INT64_LIST,
+}
+
+
+def _select(values: Any, keep: np.ndarray) -> Any:
+    if isinstance(values, np.ndarray):
+        return values[keep]
+    return [item for item, kept in zip(values, keep.tolist(), strict=True) if kept]
+
+
+def _gather(buffer: bytes, offsets: np.ndarray, lengths: np.ndarray) -> bytes:
+    """The payloads at ``offsets`` joined in order."""
+    view = memoryview(buffer)
+    return b"".join(
+        [
+            view[start : start + size]
+            for start, size in zip(offsets.tolist(), lengths.tolist(), strict=True)
+        ]
+    )
+
+
+def _fixed_varints(
+    scan: ScannedRecords, offsets: np.ndarray, lengths: np.ndarray, length: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Packed int64 payloads that must hold ``length`` values each: (``[good rows, length]``
+    values, bad mask over the payloads given)."""
+    if length == 1:
+        # One varint per payload: read in place (the scan's padding covers the widest), no
+        # joining.
+        window = scan.data[offsets[:, None] + np.arange(_MAX_VARINT)]
+        continued = window >= 0x80
+        taken = np.argmin(continued, axis=1) + 1
+        bad = continued.all(axis=1) | (taken != lengths)
+        used = np.arange(_MAX_VARINT) < taken[:, None]
+        parts = (window & np.uint8(0x7F)).astype(np.uint64) << (
+            np.arange(_MAX_VARINT, dtype=np.uint64) * np.uint64(7)
+        )
+        values = (parts * used).sum(axis=1, dtype=np.uint64).view(np.int64)
+        return values[~bad].reshape(-1, 1), bad
+    joined = np.frombuffer(_gather(scan.buffer, offsets, lengths), dtype=np.uint8)
+    ends = np.cumsum(lengths)
+    # One terminating byte (high bit clear) per varint, and each payload ends with one.
+    terminators = np.concatenate([[0], np.cumsum(joined < 0x80)])
+    counts = terminators[ends] - terminators[ends - lengths]
+    last = joined[np.maximum(ends - 1, 0)] if joined.size else np.zeros(len(lengths), np.uint8)
+    bad = (counts != length) | (lengths == 0) | (last >= 0x80)
+    if bad.any():
+        keep = np.repeat(~bad, lengths)
+        joined = joined[keep]
+    try:
+        values = decode_varints(joined.tobytes()) if joined.size else np.zeros(0, np.int64)
+    except ExampleError:
+        # A varint over 10 bytes: every row goes to protobuf, which names it.
+        return np.zeros((0, length), np.int64), np.ones(len(lengths), dtype=bool)
+    return values.reshape(-1, length), bad
+
+
+def _payload_lists(
+    buffer: bytes, offsets: np.ndarray, lengths: np.ndarray, spec: FeatureSpec
+) -> tuple[list[Any], np.ndarray]:
+    """Per-row value lists of a variable-length (or bytes) feature; bad mask of rows whose
+    payload does not fit the schema."""
+    view = memoryview(buffer)
+    values: list[Any] = []
+    bad = np.zeros(len(offsets), dtype=bool)
+    for row, (start, size) in enumerate(zip(offsets.tolist(), lengths.tolist(), strict=True)):
+        payload = bytes(view[start : start + size])
+        try:
+            if spec.dtype == FeatureDtype.BYTES_LIST:
+                # Only empty string lists come through the scan.
+                count, items = 0, []
+            else:
+                count = _count_values(spec.dtype, payload)
+                items = (
+                    np.frombuffer(payload, dtype="<f4").tolist()
+                    if spec.dtype == FeatureDtype.FLOAT_LIST
+                    else decode_varints(payload).tolist()
+                )
+            if spec.length != VARIABLE_LENGTH and count != spec.length:
+                raise ExampleError("wrong number of values")
+        except ExampleError:
+            bad[row] = True
+            items = []
+        values.append(items)
+    return [items for items, wrong in zip(values, bad.tolist(), strict=True) if not wrong], bad
 
 
 def schema_values(

@@ -46,7 +46,6 @@ from projects.home.recap.data.reader import DataFileError, FeatureRead
 from projects.home.recap.data.schema import FeatureDtype, SegDenseSchema, load_schema, parse_schema
 from projects.home.recap.data.tf_example import (
     ExampleColumns,
-    ExampleError,
     parse_example,
     schema_values,
 )
@@ -399,8 +398,8 @@ def convert_file(
     """Converts one TFRecord file; the output appears (renamed into place) only when complete.
 
     Raises:
-        TFRecordError: naming the file and record, unless ``skip_corrupt``.
-        ExampleError: a malformed value list in a batch of records (named by its range).
+        TFRecordError: naming the file and record (a broken frame or a record that is not a
+            valid tf.Example for the schema), unless ``skip_corrupt``.
     """
     started = time.perf_counter()
     schema = parse_schema(settings.schema, "(converter settings)")
@@ -408,7 +407,8 @@ def convert_file(
     result = FileResult(job=job, rows=0, output_bytes=0, seconds=0.0)
     columns = ExampleColumns(schema)
     writer: SegDenseWriter | None = None
-    batch_first = 0
+    # Record index of each queued record (framing errors may have skipped some).
+    queued: list[int] = []
 
     def on_corrupt(error: TFRecordError) -> None:
         result.problems.append(str(error))
@@ -417,45 +417,44 @@ def convert_file(
         else:
             result.cut_short = True
 
-    def flush(last_record: int) -> None:
+    def flush() -> None:
         nonlocal writer
-        try:
-            rows = columns.take()
-        except ExampleError as error:
-            raise TFRecordError(
-                job.input, batch_first, f"(in records {batch_first}-{last_record}) {error}"
-            ) from None
+        decoded = columns.take()
+        for position, error in decoded.rejected:
+            problem = TFRecordError(job.input, queued[position], str(error), recoverable=True)
+            if not skip_corrupt:
+                raise problem
+            on_corrupt(problem)
+        queued.clear()
+        if not decoded.rows:
+            return
         if writer is None:
             writer = SegDenseWriter(output.open(), schema, settings.write_options())
-        writer.write(rows)
+        writer.write(decoded.columns)
+        result.rows += decoded.rows
 
     pending_progress = 0
-    index = -1
     try:
-        for index, data in iter_records(
-            job.input,
-            compression=settings.compression,
-            on_corrupt=on_corrupt if skip_corrupt else None,
-        ):
-            if not len(columns):
-                batch_first = index
-            try:
+        try:
+            for index, data in iter_records(
+                job.input,
+                compression=settings.compression,
+                on_corrupt=on_corrupt if skip_corrupt else None,
+            ):
                 columns.add(data)
-            except ExampleError as error:
-                problem = TFRecordError(job.input, index, str(error), recoverable=True)
-                if not skip_corrupt:
-                    raise problem from None
-                on_corrupt(problem)
-                continue
-            result.rows += 1
-            pending_progress += 1
-            if pending_progress >= _PROGRESS_EVERY:
-                _count_progress(pending_progress)
-                pending_progress = 0
-            if len(columns) == settings.row_group_size:
-                flush(index)
+                queued.append(index)
+                pending_progress += 1
+                if pending_progress >= _PROGRESS_EVERY:
+                    _count_progress(pending_progress)
+                    pending_progress = 0
+                if len(columns) == settings.row_group_size:
+                    flush()
+        except TFRecordError:
+            # A bad record queued before the unreadable one is the first error to report.
+            flush()
+            raise
         if len(columns):
-            flush(index)
+            flush()
         _count_progress(pending_progress)
         if writer is not None:
             writer.close()

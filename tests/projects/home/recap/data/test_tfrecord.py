@@ -14,7 +14,6 @@ from projects.home.recap.data.schema import load_schema, parse_schema
 from projects.home.recap.data.tf_example import (
     Example,
     ExampleColumns,
-    ExampleError,
     decode_varints,
     encode_example,
     parse_example,
@@ -62,7 +61,9 @@ def test_tensorflow_files_decode_to_what_was_written(name: str):
         count += 1
     expected = fixtures.fixture_records(name)
     assert count == len(expected)
-    values = columns.take()
+    decoded = columns.take()
+    assert decoded.rows == count and not decoded.rejected
+    values = decoded.columns
     for row, record in enumerate(expected):
         for feature, written in record.items():
             assert np.array_equal(bits(values[feature][row]), bits(written)), (row, feature)
@@ -74,7 +75,7 @@ def test_missing_features_get_the_original_defaults():
     columns = ExampleColumns(schema)
     for _, data in iter_records(str(FIXTURES / "missing_optional.tfrecord.gz")):
         columns.add(data)
-    values = columns.take()
+    values = columns.take().columns
     assert not values["recap.engagement.is_shared"].any()
     assert not values[fixtures.EMBEDDINGS[0]].any()
     assert columns.missing["recap.engagement.is_shared"] == 8
@@ -134,7 +135,7 @@ def test_fast_decoder_agrees_with_protobuf_on_other_encodings():
     columns.add(unpacked)
     columns.add(example.SerializeToString())
     columns.add(split)
-    values = columns.take()
+    values = columns.take().columns
     for row in range(4):
         assert (
             bits(values["f"][row]).tolist()
@@ -147,18 +148,40 @@ def test_fast_decoder_agrees_with_protobuf_on_other_encodings():
 
 def test_bad_records_name_the_feature_and_keep_nothing():
     schema = parse_schema(
-        {"schema": [{"feature_name": "f", "dtype": "float_list", "length": 3}]}, "test"
+        {
+            "schema": [
+                {"feature_name": "f", "dtype": "float_list", "length": 3},
+                {"feature_name": "i", "dtype": "int64_list", "length": 2},
+            ]
+        },
+        "test",
     )
     columns = ExampleColumns(schema)
-    with pytest.raises(ExampleError, match="feature 'f' holds 2 values, the schema says 3"):
-        columns.add(encode_example({"f": np.zeros(2, np.float32)}))
-    with pytest.raises(
-        ExampleError, match="feature 'f' is a int64_list, the schema says float_list"
-    ):
-        columns.add(encode_example({"f": np.zeros(3, np.int64)}))
-    with pytest.raises(ExampleError, match="not a valid tf\\.Example"):
-        columns.add(b"\xff\xff\xff")
-    assert len(columns) == 0
+    good = {"f": np.arange(3, dtype=np.float32), "i": np.array([5, 6])}
+    records = [
+        encode_example({**good, "f": np.zeros(2, np.float32)}),
+        encode_example(good),
+        encode_example({**good, "f": np.zeros(3, np.int64)}),
+        b"\xff\xff\xff",
+        encode_example({**good, "i": np.array([1, 2, 3])}),
+        encode_example({**good, "i": np.array([2**40, -1])}),
+    ]
+    for record in records:
+        columns.add(record)
+    decoded = columns.take()
+    messages = {position: str(error) for position, error in decoded.rejected}
+    assert messages == {
+        0: "feature 'f' holds 2 values, the schema says 3",
+        2: "feature 'f' is a int64_list, the schema says float_list",
+        3: messages[3],
+        4: "feature 'i' holds 3 values, the schema says 2",
+    }
+    assert "not a valid tf.Example" in messages[3]
+    # Only the good records, in order: nothing of a bad one is kept.
+    assert decoded.rows == 2
+    assert decoded.columns["f"].tolist() == [[0, 1, 2], [0, 1, 2]]
+    assert decoded.columns["i"].tolist() == [[5, 6], [2**40, -1]]
+    assert len(columns) == 0 and not columns.missing
 
 
 def test_decode_varints_matches_protobuf():
