@@ -10,6 +10,11 @@ TFRecords of tf.Example, then prints records/s of:
 * the converter's stages in one process: framing (gzip, both checksums), then tf.Example
   decoding into columns, and apart from them the Parquet write alone (the decoded columns,
   already in memory, written as the converter writes them);
+* floors, each alone on the same data: inflating the files (with zlib, as tf.data does, and
+  with ISA-L, as the converter does) and compressing the decoded values with the writer's
+  codec. Any converter of these files into compressed Parquet does at least both, so
+  ``1 / (1 / inflate + 1 / compress)`` bounds its rate; the last line gives that bound beside
+  tf.data's rate and how close the converter comes to it;
 * the whole command in one process (read, checksums, decode, write zstd Parquet);
 * the converter with one process per core (``--num_workers`` = CPU count);
 * tf.data reading the same files (TFRecordDataset + parse_example of every feature, batches of
@@ -44,6 +49,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import zlib
 from pathlib import Path
 from typing import Any
 
@@ -51,7 +57,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import numpy as np  # noqa: E402
+import pyarrow as pa  # noqa: E402
 import pyarrow.parquet as pq  # noqa: E402
+from isal import isal_zlib  # noqa: E402
 
 from projects.home.recap.config import RecapConfig  # noqa: E402
 from projects.home.recap.data.parquet_format import SegDenseWriter, WriteOptions  # noqa: E402
@@ -149,9 +157,9 @@ def _decoded(files: list[str], schema: Any, row_group_size: int) -> list[list[di
         for _, data in iter_records(path):
             columns.add(data)
             if len(columns) == row_group_size:
-                decoded[-1].append(columns.take())
+                decoded[-1].append(columns.take().columns)
         if len(columns):
-            decoded[-1].append(columns.take())
+            decoded[-1].append(columns.take().columns)
     return decoded
 
 
@@ -189,6 +197,28 @@ def stage_rates(
                     writer.write(batch)
             os.remove(output)
         _best(rates, "Parquet write alone", count, start)
+    # Floors: work any converter of these files into compressed Parquet must do, each alone.
+    compressed = [Path(path).read_bytes() for path in files]
+    values = [
+        np.ascontiguousarray(column).tobytes()
+        for batches in decoded
+        for batch in batches
+        for column in batch.values()
+    ]
+    codec = pa.Codec(options.compression, options.compression_level)
+    for _ in range(REPEATS):
+        start = (time.perf_counter(), time.process_time())
+        for data in compressed:
+            zlib.decompress(data, wbits=31)
+        _best(rates, "floor: inflate, zlib", count, start)
+        start = (time.perf_counter(), time.process_time())
+        for data in compressed:
+            isal_zlib.decompress(data, wbits=31)
+        _best(rates, "floor: inflate, ISA-L", count, start)
+        start = (time.perf_counter(), time.process_time())
+        for data in values:
+            codec.compress(data)
+        _best(rates, f"floor: {options.compression} of the values", count, start)
     return rates
 
 
@@ -304,11 +334,22 @@ def main() -> None:
         reference = tf_rate(python, files, schema_path)
         wall, cpu = reference["records_per_s"], reference["records_per_cpu_s"]
         print(f"tf.data read + parse, 1 thread: {wall:9,.0f} records/s, {cpu:9,.0f} per CPU-second")
+        floor_cpu = 1 / (
+            1 / stages["floor: inflate, ISA-L"][1]
+            + 1 / stages[f"floor: {WriteOptions.compression} of the values"][1]
+        )
         print(
             f"converter / tf.data: {one / wall:.2f} per process (wall), {one_cpu / cpu:.2f} per "
             f"CPU-second; read + decode stage / tf.data: {stages['read + decode'][1] / cpu:.2f}, "
             f"Parquet write alone / tf.data: {stages['Parquet write alone'][1] / cpu:.2f} per "
             "CPU-second"
+        )
+        print(
+            f"floors / tf.data per CPU-second: inflate alone (ISA-L) "
+            f"{stages['floor: inflate, ISA-L'][1] / cpu:.2f}, inflate (zlib, as tf.data) "
+            f"{stages['floor: inflate, zlib'][1] / cpu:.2f}; inflate + compress alone, the most "
+            f"any converter to compressed Parquet could reach here: {floor_cpu / cpu:.2f} "
+            f"(the converter is at {one_cpu / floor_cpu:.2f} of it)"
         )
 
 
