@@ -34,6 +34,7 @@ from tml.core.errors import UserInputError
 from tml.distributed import DistributedEnvironment, average_running_statistics
 from tml.observability.metric_loggers import MetricLoggers
 from tml.optimizers.scheduler import LearningRateScheduler
+from tml.training.bf16_support import warn_if_bf16_is_emulated
 from tml.training.bf16_weights import Bf16WeightCopies
 from tml.training.data_position import PositionTrackingIterator, StatefulBatches
 from tml.training.host_memory import retain_freed_memory
@@ -140,6 +141,8 @@ class Trainer:
         # each optimizer step, instead of autocast casting all weights again in every forward.
         self._bf16_copies: Bf16WeightCopies | None = None
         if settings.autocast_dtype == torch.bfloat16:
+            if environment.is_main:
+                warn_if_bf16_is_emulated(environment.device)
             copies = Bf16WeightCopies(model)
             optimizer.register_step_post_hook(lambda *_: copies.refresh())
             self._bf16_copies = copies

@@ -38,7 +38,8 @@ class TrainingConfig(BaseTrainingConfig):
     bf16_autocast: bool = Field(
         False,
         description="Run the forward pass under bfloat16 autocast; weights, gradients and "
-        "optimizer state stay float32.",
+        "optimizer state stay float32. Pays on GPUs and on CPUs with bf16 units (AVX512-BF16, "
+        "AMX); elsewhere bf16 is emulated and far slower than fp32, and the trainer warns.",
     )
     sharding_plan: str | None = Field(
         None,
