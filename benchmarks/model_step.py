@@ -13,6 +13,9 @@ with every core, prints:
 * both GEMM ceilings, fp32 and bf16, measured in this run: the *square* one (a 2048^3 GEMM's
   rate divided by the step's FLOPs: the issue's definition) and the *shapes* one (the step's own
   GEMMs, ``x W^T + b``, ``dY W``, ``dY^T x`` per Linear, timed alone);
+* the bound that fp32 masters and Adam state put on any step: the shapes' GEMMs plus one fused
+  Adam step over the model's parameters, each timed alone (Adam moves 28 bytes per parameter
+  whatever the dtype of the GEMMs), as a fraction of both ceilings;
 * forward + backward + fused Adam, examples/s from the median step, for the trainer's path
   first (eager; in bf16 the Linear layers' persistent bf16 weight copies refreshed by the
   optimizer step, ``tml.training.bf16_weights``; freed memory kept,
@@ -93,6 +96,18 @@ def main(argv: list[str] | None = None) -> int:
             f"  {name}: square {SQUARE}^3 at {gflops:6.1f} GFLOP/s -> "
             f"{ceilings['square', name]:7.1f} ex/s; the step's GEMM shapes alone -> "
             f"{ceilings['shapes', name]:7.1f} ex/s"
+        )
+    adam = {name: timings["adam", name] for name in DTYPES}
+    print(
+        "  with fp32 masters and Adam state, a step also makes Adam's pass over every parameter"
+        f" (fused Adam alone: {1e3 * statistics.median(adam.values()):.0f} ms); the step's"
+        " GEMMs + that pass bound any such step at:"
+    )
+    for name in DTYPES:
+        bound = batch_size / (timings["shapes", name] + adam[name])
+        print(
+            f"  {name}: {bound:7.1f} ex/s = {bound / ceilings['square', name]:.1%} of the square"
+            f" ceiling, {bound / ceilings['shapes', name]:.1%} of the shapes one"
         )
     print(f"\nforward + backward + Adam at batch {batch_size}, median step:")
     print(f"{'path':<44} {'dtype':>5} {'ex/s':>8} {'of square':>10} {'of shapes':>10}")
@@ -236,11 +251,23 @@ def interleaved_timings(
                 gemms = linear_gemms(batch.batch_size, fan_in, fan_out, torch_dtype)
                 shape_seconds += count * median_seconds(gemms, 3)
             samples.setdefault(("shapes", name), []).append(shape_seconds)
+            samples.setdefault(("adam", name), []).append(adam_seconds(model))
             for label, path in paths.items():
                 if name in path.dtypes:
                     times = step_times(path, model, batch, dtype, steps)
                     samples.setdefault((label, name), []).extend(times)
     return {key: statistics.median(values) for key, values in samples.items()}
+
+
+def adam_seconds(model: nn.Module) -> float:
+    """Median seconds of one fused Adam step over parameters shaped like the model's, alone:
+    the pass over fp32 masters, gradients and both moments (28 bytes per parameter moved)
+    that no step keeping fp32 masters and Adam state avoids."""
+    parameters = [torch.zeros_like(p, requires_grad=True) for p in model.parameters()]
+    for parameter in parameters:
+        parameter.grad = torch.randn_like(parameter)
+    optimizer = make_optimizer(parameters, fused=True)
+    return median_seconds(optimizer.step, 3)
 
 
 def multiply_accumulates(model: nn.Module) -> int:
@@ -277,10 +304,13 @@ def synthetic_batch(spec: InputSpec, batch_size: int, tasks: int, seed: int = 0)
     return RecapBatch(inputs=inputs, labels=labels, weights=torch.ones(batch_size, tasks))
 
 
-def make_optimizer(model: nn.Module, fused: bool, lr: float = 1e-4) -> torch.optim.Optimizer:
+def make_optimizer(
+    model: nn.Module | list[torch.Tensor], fused: bool, lr: float = 1e-4
+) -> torch.optim.Optimizer:
     """Adam with the config's betas; ``fused=False`` is torch.optim.Adam's default path."""
     options = {"fused": True} if fused else {}
-    return torch.optim.Adam(model.parameters(), lr=lr, betas=(0.95, 0.999), eps=1e-7, **options)
+    parameters = model.parameters() if isinstance(model, nn.Module) else model
+    return torch.optim.Adam(parameters, lr=lr, betas=(0.95, 0.999), eps=1e-7, **options)
 
 
 def make_optimizer_with_copies(
