@@ -63,6 +63,11 @@ def _read_varints(
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """The length varint at each position: (values, bytes each took, valid). ``data`` must have
     ``_VARINT_BYTES`` bytes of padding past every position asked for."""
+    first = data[positions]
+    if not (first & 0x80).any():
+        # All one-byte varints (keys, short lists): the common case, read without a gather.
+        ones = np.ones(len(positions), dtype=np.int64)
+        return first.astype(np.int64), ones, np.ones(len(positions), dtype=bool)
     raw = data[positions[:, None] + np.arange(_VARINT_BYTES)].astype(np.int64)
     continued = raw >= 0x80
     # Bytes taken: up to and including the first byte without the continuation bit.

@@ -391,6 +391,8 @@ _SCAN_KINDS = {
 
 
 def _select(values: Any, keep: np.ndarray) -> Any:
+    if keep.all():
+        return values
     if isinstance(values, np.ndarray):
         return values[keep]
     return [item for item, kept in zip(values, keep.tolist(), strict=True) if kept]
