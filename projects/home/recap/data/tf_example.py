@@ -279,6 +279,7 @@ class ExampleColumns:
         accepted = np.ones(len(records), dtype=bool)
         accepted[[row for row, _ in rejected]] = False
         output_row = np.cumsum(accepted) - 1
+        count = int(accepted.sum())
         from_scan = ~unsure
         columns = {}
         for index, spec in enumerate(self.specs):
@@ -291,12 +292,10 @@ class ExampleColumns:
                 if index in item
             ]
             present = len(rows) + len(fallback)
-            if present < accepted.sum():
-                self.missing[spec.name] += int(accepted.sum()) - present
-            columns[spec.name] = self._column(
-                spec, int(accepted.sum()), output_row[rows], values, fallback
-            )
-        return DecodedRecords(columns=columns, rows=int(accepted.sum()), rejected=rejected)
+            if present < count:
+                self.missing[spec.name] += count - present
+            columns[spec.name] = self._column(spec, count, output_row[rows], values, fallback)
+        return DecodedRecords(columns=columns, rows=count, rejected=rejected)
 
     def _scanned_values(
         self, scan: ScannedRecords, index: int, spec: FeatureSpec
