@@ -45,6 +45,7 @@ from projects.home.recap.data.parquet_format import SegDenseWriter, WriteOptions
 from projects.home.recap.data.reader import DataFileError, FeatureRead
 from projects.home.recap.data.schema import FeatureDtype, SegDenseSchema, load_schema, parse_schema
 from projects.home.recap.data.tf_example import (
+    DecodedRecords,
     ExampleColumns,
     parse_example,
     schema_values,
@@ -417,8 +418,7 @@ def convert_file(
         else:
             result.cut_short = True
 
-    def flush() -> None:
-        nonlocal writer
+    def decode() -> DecodedRecords:
         decoded = columns.take()
         for position, error in decoded.rejected:
             problem = TFRecordError(job.input, queued[position], str(error), recoverable=True)
@@ -426,6 +426,11 @@ def convert_file(
                 raise problem
             on_corrupt(problem)
         queued.clear()
+        return decoded
+
+    def flush() -> None:
+        nonlocal writer
+        decoded = decode()
         if not decoded.rows:
             return
         if writer is None:
@@ -451,7 +456,7 @@ def convert_file(
                     flush()
         except TFRecordError:
             # A bad record queued before the unreadable one is the first error to report.
-            flush()
+            decode()
             raise
         if len(columns):
             flush()
