@@ -58,23 +58,28 @@ class ScannedRecords:
     lengths: np.ndarray
 
 
-def _read_varints(
-    data: np.ndarray, positions: np.ndarray
+def read_varints(
+    data: np.ndarray, positions: np.ndarray, width: int = _VARINT_BYTES
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """The length varint at each position: (values, bytes each took, valid). ``data`` must have
-    ``_VARINT_BYTES`` bytes of padding past every position asked for."""
+    """The varint at each position, read in place: (int64 values, bytes each took, valid: it
+    ended within ``width`` bytes). ``data`` must have ``width`` bytes of padding past every
+    position asked for; a varint of 10 bytes (a negative int64) wraps as protobuf's does."""
     first = data[positions]
     if not (first & 0x80).any():
-        # All one-byte varints (keys, short lists): the common case, read without a gather.
+        # All one-byte varints (keys, short lists, labels): the common case, without a gather.
         ones = np.ones(len(positions), dtype=np.int64)
         return first.astype(np.int64), ones, np.ones(len(positions), dtype=bool)
-    raw = data[positions[:, None] + np.arange(_VARINT_BYTES)].astype(np.int64)
-    continued = raw >= 0x80
+    window = data[positions[:, None] + np.arange(width)]
+    continued = window >= 0x80
     # Bytes taken: up to and including the first byte without the continuation bit.
     taken = np.argmin(continued, axis=1) + 1
     valid = ~continued.all(axis=1)
-    used = np.arange(_VARINT_BYTES) < taken[:, None]
-    values = (((raw & 0x7F) << (7 * np.arange(_VARINT_BYTES))) * used).sum(axis=1)
+    used = np.arange(width) < taken[:, None]
+    # The 7-bit groups occupy disjoint bits, so a sum is their OR; bits shifted past 64 drop.
+    parts = (window & np.uint8(0x7F)).astype(np.uint64) << (
+        np.arange(width, dtype=np.uint64) * np.uint64(7)
+    )
+    values = (parts * used).sum(axis=1, dtype=np.uint64).view(np.int64)
     return values, taken, valid
 
 
@@ -105,7 +110,7 @@ def scan_examples(records: Sequence[bytes], features: Mapping[str, int]) -> Scan
 
     # Example: an empty record has no features; otherwise field 1 (Features) is all of it.
     nonempty = sizes > 0
-    size, taken, valid = _read_varints(data, clip(starts + 1))
+    size, taken, valid = read_varints(data, clip(starts + 1))
     body = starts + 1 + taken
     understood = ~nonempty | ((data[clip(starts)] == _FIELD_1) & valid & (body + size == ends))
     position = np.where(nonempty, body, ends)
@@ -118,21 +123,21 @@ def scan_examples(records: Sequence[bytes], features: Mapping[str, int]) -> Scan
             break
         at = position[rows]
         # FeatureEntry: tag, length; then key (field 1) and value (field 2, a Feature).
-        entry_size, taken, good = _read_varints(data, clip(at + 1))
+        entry_size, taken, good = read_varints(data, clip(at + 1))
         entry_start = at + 1 + taken
         entry_end = entry_start + entry_size
         good &= (data[clip(at)] == _FIELD_1) & (entry_end <= end[rows])
         good &= data[clip(entry_start)] == _FIELD_1
-        key_size, taken, valid = _read_varints(data, clip(entry_start + 1))
+        key_size, taken, valid = read_varints(data, clip(entry_start + 1))
         key_start = entry_start + 1 + taken
         key_end = key_start + key_size
         good &= valid & (key_end < entry_end) & (data[clip(key_end)] == _FIELD_2)
-        feature_size, taken, valid = _read_varints(data, clip(key_end + 1))
+        feature_size, taken, valid = read_varints(data, clip(key_end + 1))
         feature_start = key_end + 1 + taken
         good &= valid & (feature_start + feature_size == entry_end)
         # Feature: empty (no kind), or one list field filling it.
         kind_tag = data[clip(feature_start)]
-        list_size, taken, valid = _read_varints(data, clip(feature_start + 1))
+        list_size, taken, valid = read_varints(data, clip(feature_start + 1))
         list_start = feature_start + 1 + taken
         has_kind = feature_size > 0
         good &= ~has_kind | (
@@ -141,7 +146,7 @@ def scan_examples(records: Sequence[bytes], features: Mapping[str, int]) -> Scan
             & (list_start + list_size == entry_end)
         )
         # The list: empty, or one packed run (field 1) filling it.
-        payload_size, taken, valid = _read_varints(data, clip(list_start + 1))
+        payload_size, taken, valid = read_varints(data, clip(list_start + 1))
         payload_start = list_start + 1 + taken
         has_values = has_kind & (list_size > 0)
         good &= ~has_values | (

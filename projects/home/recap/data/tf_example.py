@@ -36,6 +36,7 @@ from projects.home.recap.data.example_scan import (
     FLOAT_LIST,
     INT64_LIST,
     ScannedRecords,
+    read_varints,
     scan_examples,
 )
 from projects.home.recap.data.schema import (
@@ -416,15 +417,8 @@ def _fixed_varints(
     if length == 1:
         # One varint per payload: read in place (the scan's padding covers the widest), no
         # joining.
-        window = scan.data[offsets[:, None] + np.arange(_MAX_VARINT)]
-        continued = window >= 0x80
-        taken = np.argmin(continued, axis=1) + 1
-        bad = continued.all(axis=1) | (taken != lengths)
-        used = np.arange(_MAX_VARINT) < taken[:, None]
-        parts = (window & np.uint8(0x7F)).astype(np.uint64) << (
-            np.arange(_MAX_VARINT, dtype=np.uint64) * np.uint64(7)
-        )
-        values = (parts * used).sum(axis=1, dtype=np.uint64).view(np.int64)
+        values, taken, valid = read_varints(scan.data, offsets, _MAX_VARINT)
+        bad = ~valid | (taken != lengths)
         return values[~bad].reshape(-1, 1), bad
     joined = np.frombuffer(_gather(scan.buffer, offsets, lengths), dtype=np.uint8)
     ends = np.cumsum(lengths)

@@ -166,3 +166,16 @@ def test_batches_of_any_size_agree(batch: int):
     rng = np.random.default_rng(batch)
     records = [encode_example(random_record(rng)) for _ in range(batch)]
     check_against_protobuf(records)
+
+
+def test_single_values_take_every_varint_width():
+    schema = parse_schema(
+        {"schema": [{"feature_name": "x", "dtype": "int64_list", "length": 1}]}, "t"
+    )
+    values = [-1, -(2**63), 2**63 - 1, 0, 127, 128, 2**40]
+    columns = ExampleColumns(schema)
+    for value in values:
+        columns.add(encode_example({"x": np.array([value])}))
+    decoded = columns.take()
+    assert not decoded.rejected
+    assert decoded.columns["x"][:, 0].tolist() == values
